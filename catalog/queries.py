@@ -1,0 +1,314 @@
+"""Catalog operations. Each public write is one transaction, so a crash leaves either
+all of a batch or none of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session
+
+from catalog.db import make_sessionmaker
+from catalog.models import (
+    Embedding,
+    FileFailure,
+    FilePath,
+    Item,
+    StageState,
+    StageStatus,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class KnownPath:
+    path: str
+    item_id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class NewItem:
+    """A decoded and embedded file, ready to be stored in one go."""
+
+    sha256: str
+    kind: str
+    size_bytes: int
+    path: str
+    mtime_ns: int
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # taken_at, camera_*, gps_*
+    space: str = "clip"
+    model_id: str = ""
+    vector: bytes = b""
+    dim: int = 0
+
+
+def _chunks(seq: Sequence[Any], n: int = 500) -> Iterator[Sequence[Any]]:
+    # SQLite caps bound parameters per statement; keep IN lists well under the cap.
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class Catalog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.Session = make_sessionmaker(engine)
+
+    # ---- reads -------------------------------------------------------------------
+    def known_paths(self, roots: Iterable[str]) -> dict[str, KnownPath]:
+        out: dict[str, KnownPath] = {}
+        with self.Session() as s:
+            for root in roots:
+                prefix = root.rstrip("/") + "/"
+                stmt = select(FilePath.path, FilePath.item_id, FilePath.size, FilePath.mtime_ns)
+                stmt = stmt.where((FilePath.path == root) | FilePath.path.startswith(prefix, autoescape=True))
+                for p, item_id, size, mtime in s.execute(stmt):
+                    out[p] = KnownPath(p, item_id, size, mtime)
+        return out
+
+    def item_ids_by_sha(self, shas: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self.Session() as s:
+            for chunk in _chunks(list(shas)):
+                for sha, item_id in s.execute(select(Item.sha256, Item.id).where(Item.sha256.in_(chunk))):
+                    out[sha] = item_id
+        return out
+
+    def paths_for(self, item_ids: Sequence[int]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {i: [] for i in item_ids}
+        with self.Session() as s:
+            for chunk in _chunks(list(item_ids)):
+                stmt = select(FilePath.item_id, FilePath.path).where(FilePath.item_id.in_(chunk))
+                for item_id, p in s.execute(stmt.order_by(FilePath.path)):
+                    out[item_id].append(p)
+        return out
+
+    def item_id_for_path(self, path: str) -> int | None:
+        with self.Session() as s:
+            return s.scalar(select(FilePath.item_id).where(FilePath.path == path))
+
+    def item_exists(self, item_id: int) -> bool:
+        with self.Session() as s:
+            return s.get(Item, item_id) is not None
+
+    def embedding(self, item_id: int, space: str) -> tuple[str, bytes] | None:
+        with self.Session() as s:
+            row = s.execute(
+                select(Embedding.model_id, Embedding.vector).where(
+                    Embedding.item_id == item_id, Embedding.space == space
+                )
+            ).first()
+            return (row[0], row[1]) if row else None
+
+    def embedding_ids(self, space: str, model_id: str) -> list[int]:
+        with self.Session() as s:
+            stmt = select(Embedding.item_id).where(
+                Embedding.space == space, Embedding.model_id == model_id
+            )
+            return list(s.scalars(stmt))
+
+    def iter_embeddings(
+        self, space: str, model_id: str, batch: int = 4096, only: Sequence[int] | None = None
+    ) -> Iterator[list[tuple[int, bytes]]]:
+        """Yield (item_id, vector bytes) in batches, by item id, without loading all at once."""
+        last = 0
+        wanted = None if only is None else sorted(only)
+        with self.Session() as s:
+            if wanted is not None:
+                for chunk in _chunks(wanted, batch):
+                    stmt = select(Embedding.item_id, Embedding.vector).where(
+                        Embedding.space == space,
+                        Embedding.model_id == model_id,
+                        Embedding.item_id.in_(chunk),
+                    )
+                    yield [(i, v) for i, v in s.execute(stmt)]
+                return
+            while True:
+                stmt = (
+                    select(Embedding.item_id, Embedding.vector)
+                    .where(Embedding.space == space, Embedding.model_id == model_id)
+                    .where(Embedding.item_id > last)
+                    .order_by(Embedding.item_id)
+                    .limit(batch)
+                )
+                rows = [(i, v) for i, v in s.execute(stmt)]
+                if not rows:
+                    return
+                yield rows
+                last = rows[-1][0]
+
+    # ---- writes ------------------------------------------------------------------
+    def add_items(self, items: Sequence[NewItem], stage: str) -> dict[str, int]:
+        """Store new items with their first path, embedding and a done stage row.
+
+        Content already present (a race, or a duplicate inside the batch) only gains
+        the path. Returns sha256 -> item id.
+        """
+        ids: dict[str, int] = {}
+        with self.Session.begin() as s:
+            for new in items:
+                item_id = ids.get(new.sha256) or s.scalar(
+                    select(Item.id).where(Item.sha256 == new.sha256)
+                )
+                if item_id is None:
+                    item = Item(
+                        sha256=new.sha256,
+                        kind=new.kind,
+                        format=new.format,
+                        width=new.width,
+                        height=new.height,
+                        size_bytes=new.size_bytes,
+                        **new.meta,
+                    )
+                    s.add(item)
+                    s.flush()
+                    item_id = item.id
+                if new.sha256 not in ids:
+                    self._put_embedding(s, item_id, new, stage)
+                ids[new.sha256] = item_id
+                self._set_path(s, new.path, item_id, new.size_bytes, new.mtime_ns)
+        return ids
+
+    @staticmethod
+    def _put_embedding(s: Session, item_id: int, new: NewItem, stage: str) -> None:
+        """Insert or replace the item's vector in this space, with its stage row."""
+        emb = s.scalar(
+            select(Embedding).where(Embedding.item_id == item_id, Embedding.space == new.space)
+        )
+        if emb is None:
+            s.add(Embedding(item_id=item_id, space=new.space, model_id=new.model_id,
+                            dim=new.dim, vector=new.vector))
+        else:
+            emb.model_id, emb.dim, emb.vector = new.model_id, new.dim, new.vector
+            emb.created_at = utcnow()
+        st = s.get(StageStatus, (item_id, stage))
+        if st is None:
+            s.add(StageStatus(item_id=item_id, stage=stage, status=StageState.done,
+                              attempts=1, model_id=new.model_id))
+        else:
+            st.status, st.model_id, st.error = StageState.done, new.model_id, None
+            st.attempts += 1
+
+    def set_paths(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
+        """(path, item_id, size, mtime_ns): point paths at existing items."""
+        with self.Session.begin() as s:
+            for path, item_id, size, mtime in rows:
+                self._set_path(s, path, item_id, size, mtime)
+
+    @staticmethod
+    def _set_path(s: Session, path: str, item_id: int, size: int, mtime_ns: int) -> None:
+        row = s.scalar(select(FilePath).where(FilePath.path == path))
+        if row is None:
+            s.add(FilePath(path=path, item_id=item_id, size=size, mtime_ns=mtime_ns))
+        else:
+            row.item_id, row.size, row.mtime_ns = item_id, size, mtime_ns
+        s.execute(delete(FileFailure).where(FileFailure.path == path))
+
+    def remove_paths(self, paths: Sequence[str]) -> list[int]:
+        """Forget paths; delete items left with no path. Returns the deleted item ids."""
+        with self.Session.begin() as s:
+            touched: set[int] = set()
+            for chunk in _chunks(list(paths)):
+                touched.update(s.scalars(select(FilePath.item_id).where(FilePath.path.in_(chunk))))
+                s.execute(delete(FilePath).where(FilePath.path.in_(chunk)))
+                s.execute(delete(FileFailure).where(FileFailure.path.in_(chunk)))
+            return self._delete_orphans(s, touched)
+
+    @staticmethod
+    def _delete_orphans(s: Session, candidates: set[int]) -> list[int]:
+        if not candidates:
+            return []
+        still = set(s.scalars(select(FilePath.item_id).where(FilePath.item_id.in_(candidates))))
+        orphans = sorted(candidates - still)
+        for chunk in _chunks(orphans):
+            # Explicit deletes rather than relying on ON DELETE CASCADE alone, so a
+            # backend with foreign keys off still ends consistent.
+            s.execute(delete(Embedding).where(Embedding.item_id.in_(chunk)))
+            s.execute(delete(StageStatus).where(StageStatus.item_id.in_(chunk)))
+            s.execute(delete(Item).where(Item.id.in_(chunk)))
+        return orphans
+
+    def prune_orphans(self) -> list[int]:
+        """Delete items that lost all their paths (e.g. a path re-pointed to new content)."""
+        with self.Session.begin() as s:
+            with_path = select(FilePath.item_id)
+            orphans = set(s.scalars(select(Item.id).where(Item.id.not_in(with_path))))
+            return self._delete_orphans(s, orphans)
+
+    def record_failures(self, rows: Sequence[tuple[str, str]]) -> None:
+        with self.Session.begin() as s:
+            for path, reason in rows:
+                row = s.scalar(select(FileFailure).where(FileFailure.path == path))
+                if row is None:
+                    s.add(FileFailure(path=path, reason=reason))
+                else:
+                    row.reason, row.attempts = reason, row.attempts + 1
+            # A file that now fails no longer holds the content its old path row named.
+            for chunk in _chunks([p for p, _ in rows]):
+                s.execute(delete(FilePath).where(FilePath.path.in_(chunk)))
+
+    def forget_failures_under(self, roots: Iterable[str], keep: set[str]) -> None:
+        """Drop failure rows under roots whose file is gone (not in keep)."""
+        with self.Session.begin() as s:
+            for root in roots:
+                prefix = root.rstrip("/") + "/"
+                stmt = select(FileFailure.path).where(
+                    (FileFailure.path == root) | FileFailure.path.startswith(prefix, autoescape=True)
+                )
+                gone = [p for p in s.scalars(stmt) if p not in keep]
+                for chunk in _chunks(gone):
+                    s.execute(delete(FileFailure).where(FileFailure.path.in_(chunk)))
+
+    # ---- reporting ---------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self.Session() as s:
+            kinds = dict(s.execute(select(Item.kind, func.count()).group_by(Item.kind)).tuples().all())
+            stage_rows = s.execute(
+                select(StageStatus.stage, StageStatus.status, func.count()).group_by(
+                    StageStatus.stage, StageStatus.status
+                )
+            ).tuples()
+            stages: dict[str, dict[str, int]] = {}
+            for stage, status, n in stage_rows:
+                stages.setdefault(stage, {})[StageState(status).value] = n
+            failures = [
+                {"path": p, "reason": r, "attempts": a, "updated_at": _iso(t)}
+                for p, r, a, t in s.execute(
+                    select(FileFailure.path, FileFailure.reason, FileFailure.attempts,
+                           FileFailure.updated_at).order_by(FileFailure.path)
+                )
+            ]
+            stage_failures = [
+                {"item_id": i, "stage": st, "error": e}
+                for i, st, e in s.execute(
+                    select(StageStatus.item_id, StageStatus.stage, StageStatus.error).where(
+                        StageStatus.status == StageState.failed
+                    )
+                )
+            ]
+            models = [
+                {"space": sp, "model_id": m, "dim": d, "count": n}
+                for sp, m, d, n in s.execute(
+                    select(Embedding.space, Embedding.model_id, Embedding.dim, func.count())
+                    .group_by(Embedding.space, Embedding.model_id, Embedding.dim)
+                )
+            ]
+            n_paths = s.scalar(select(func.count()).select_from(FilePath)) or 0
+        return {
+            "items": {"total": sum(kinds.values()), "by_kind": kinds},
+            "paths": n_paths,
+            "stages": stages,
+            "failures": failures + stage_failures,
+            "models": models,
+        }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None

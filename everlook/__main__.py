@@ -1,0 +1,3 @@
+from everlook.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Scanning, media decoding and the indexing pipeline. May import catalog, search, enrich."""

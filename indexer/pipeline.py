@@ -1,0 +1,237 @@
+"""The indexing pipeline: scan, sort out what changed, decode in a pool, embed in batches.
+
+Decoding (read + SHA-256 + JPEG draft decode + model preprocessing) runs in a thread
+pool ahead of the model, so while the model embeds batch N the pool prepares batch
+N+1. Pillow, hashlib and torch release the GIL in their heavy loops, so threads suffice.
+
+Each batch is stored in one catalog transaction; the vector index follows and is saved
+now and then. A crash at any point loses nothing: unchanged files are skipped next run,
+and the index is reconciled with the catalog when it is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from catalog import Catalog, NewItem
+from indexer.media import Limits, MediaError, decode_image, read_file
+from indexer.scan import Found, Problem, ScanRules, scan
+from search.embedders import Embedder
+from search.index_sync import VectorIndex
+
+
+@dataclass
+class Report:
+    scanned: int = 0
+    unchanged: int = 0
+    new: int = 0
+    changed: int = 0
+    moved: int = 0
+    duplicates: int = 0
+    removed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned, "unchanged": self.unchanged, "new": self.new,
+            "changed": self.changed, "moved": self.moved, "duplicates": self.duplicates,
+            "removed": self.removed,
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    limits: Limits = Limits()
+    rules: ScanRules = ScanRules()
+    batch_size: int = 32
+    workers: int = 0  # 0: one per CPU core
+    draft: bool = True
+    save_every: int = 2000
+
+
+@dataclass
+class _Prepared:
+    """What a worker hands back for one file."""
+
+    found: Found
+    sha256: str = ""
+    size: int = 0
+    tensor: Any = None
+    item: NewItem | None = None
+    error: str | None = None
+    attach: bool = False  # content already embedded: only record the path
+
+
+ProgressFn = Callable[[int, int], None]  # (done, total)
+
+
+class Pipeline:
+    def __init__(self, embedder: Embedder, index: VectorIndex, catalog: Catalog,
+                 options: PipelineOptions | None = None) -> None:
+        self.embedder = embedder
+        self.index = index
+        self.catalog = catalog
+        self.opts = options or PipelineOptions()
+        self.stage = f"embed/{embedder.space}"
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+        self._embedded: set[int] = set()
+
+    # ---- workers -------------------------------------------------------------------
+    def _prepare(self, found: Found, draft_side: int | None) -> _Prepared:
+        out = _Prepared(found)
+        try:
+            raw = read_file(found.path, self.opts.limits)
+            out.sha256, out.size = raw.sha256, raw.size
+            with self._lock:
+                first = raw.sha256 not in self._claimed
+                self._claimed.add(raw.sha256)
+            if not first:
+                out.attach = True  # same bytes as a file earlier in this run
+                return out
+            known = self.catalog.item_ids_by_sha([raw.sha256]).get(raw.sha256)
+            if known is not None and known in self._embedded:
+                out.attach = True
+                return out
+            decoded = decode_image(raw.data, self.opts.limits, draft_side)
+            out.tensor = self.embedder.preprocess(decoded.image)
+            out.item = NewItem(
+                sha256=raw.sha256, kind="image", size_bytes=raw.size, path=found.path,
+                mtime_ns=raw.mtime_ns, format=decoded.format, width=decoded.width,
+                height=decoded.height, meta=decoded.meta, space=self.embedder.space,
+                model_id=self.embedder.model_id, dim=self.embedder.dim,
+            )  # fmt: skip
+        except MediaError as exc:
+            out.error = str(exc)
+        except Exception as exc:  # a decoder bug must not stop the run
+            out.error = f"unexpected error: {type(exc).__name__}: {exc}"
+        return out
+
+    # ---- the run ---------------------------------------------------------------------
+    def run(self, roots: Sequence[str], progress: ProgressFn | None = None) -> Report:
+        report = Report()
+        roots = [os.path.abspath(r) for r in roots]
+        store = self.index.store  # opens and reconciles with the catalog first
+        self._embedded = set(self.catalog.embedding_ids(self.embedder.space, self.embedder.model_id))
+        known = self.catalog.known_paths(roots)
+
+        todo: list[Found] = []
+        seen: set[str] = set()
+        for got in scan(roots, self.opts.rules):
+            seen.add(got.path)
+            if isinstance(got, Problem):
+                report.failed.append((got.path, got.reason))
+                continue
+            report.scanned += 1
+            kp = known.get(got.path)
+            if (kp is not None and kp.size == got.size and kp.mtime_ns == got.mtime_ns
+                    and kp.item_id in self._embedded):
+                report.unchanged += 1
+            else:
+                todo.append(got)
+        gone = [p for p in known if p not in seen]
+        gone_items = {known[p].item_id for p in gone}
+
+        attached: list[tuple[_Prepared, bool]] = []  # (result, path was known before)
+        batch: list[_Prepared] = []
+        added_since_save = 0
+        draft_side = 2 * self.embedder.input_side if self.opts.draft else None
+        workers = self.opts.workers or os.cpu_count() or 2
+        window = 2 * self.opts.batch_size + workers
+        done = 0
+
+        def flush() -> None:
+            nonlocal added_since_save
+            if batch:
+                vecs = self.embedder.embed_preprocessed([p.tensor for p in batch])
+                items = []
+                for p, v in zip(batch, vecs, strict=True):
+                    assert p.item is not None
+                    p.item.vector = np.asarray(v, dtype=np.float32).tobytes()
+                    items.append(p.item)
+                ids = self.catalog.add_items(items, self.stage)
+                id_arr = np.array([ids[p.sha256] for p in batch], dtype=np.int64)
+                store.add(id_arr, vecs)
+                self._embedded.update(int(i) for i in id_arr)
+                for p in batch:
+                    if p.found.path in known:
+                        report.changed += 1
+                    else:
+                        report.new += 1
+                added_since_save += len(batch)
+                batch.clear()
+            self._flush_attached(attached, known, gone_items, report)
+            if added_since_save >= self.opts.save_every:
+                self.index.save()
+                added_since_save = 0
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            pending: deque[Future[_Prepared]] = deque()
+            it = iter(todo)
+            for found in it:
+                pending.append(pool.submit(self._prepare, found, draft_side))
+                if len(pending) >= window:
+                    break
+            while pending:
+                res = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._prepare, nxt, draft_side))
+                done += 1
+                if res.error is not None:
+                    report.failed.append((res.found.path, res.error))
+                    self.catalog.record_failures([(res.found.path, res.error)])
+                elif res.attach:
+                    attached.append((res, res.found.path in known))
+                else:
+                    batch.append(res)
+                if len(batch) >= self.opts.batch_size:
+                    flush()
+                if progress:
+                    progress(done, len(todo))
+            flush()
+
+        scan_failures = [(p, r) for p, r in report.failed if p not in {x.path for x in todo}]
+        if scan_failures:
+            self.catalog.record_failures(scan_failures)
+        removed_items = self.catalog.remove_paths(gone)
+        report.removed = len(gone)
+        removed_items += self.catalog.prune_orphans()
+        if removed_items:
+            store.remove(removed_items)
+        self.catalog.forget_failures_under(roots, keep=seen)
+        self.index.save()
+        return report
+
+    def _flush_attached(self, attached: list[tuple[_Prepared, bool]], known: dict[str, Any],
+                        gone_items: set[int], report: Report) -> None:
+        if not attached:
+            return
+        ids = self.catalog.item_ids_by_sha([p.sha256 for p, _ in attached])
+        rows, failures = [], []
+        for p, was_known in attached:
+            item_id = ids.get(p.sha256)
+            if item_id is None:  # the first copy of these bytes failed to decode
+                failures.append((p.found.path, "same content as another file that failed"))
+                continue
+            rows.append((p.found.path, item_id, p.found.size, p.found.mtime_ns))
+            if was_known:
+                report.changed += 1
+            elif item_id in gone_items:
+                report.moved += 1
+            else:
+                report.duplicates += 1
+        self.catalog.set_paths(rows)
+        if failures:
+            report.failed.extend(failures)
+            self.catalog.record_failures(failures)
+        attached.clear()

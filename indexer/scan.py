@@ -1,0 +1,115 @@
+"""Walking folders: include/exclude globs, hidden names, symlink loops, odd file types."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Found:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScanRules:
+    include: Sequence[str] = ("*",)
+    exclude: Sequence[str] = ()
+    include_hidden: bool = False
+
+    def wants_name(self, name: str) -> bool:
+        low = name.lower()
+        return any(fnmatch.fnmatchcase(low, pat.lower()) for pat in self.include)
+
+    def excluded(self, path: str, name: str) -> bool:
+        if not self.include_hidden and name.startswith("."):
+            return True
+        return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(path, pat) for pat in self.exclude)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def _file(path: str, rules: ScanRules | None, explicit: bool = False) -> Found | Problem | None:
+    name = os.path.basename(path)
+    if not explicit and rules is not None and not rules.wants_name(name):
+        return None
+    try:
+        st = os.stat(path)  # follows symlinks: a link to a photo is a photo
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return Problem(path, f"broken symbolic link (target {os.readlink(path)!r} is missing)")
+        return None  # vanished while we looked: nothing to index, nothing to report
+    except OSError as exc:
+        return Problem(path, f"cannot stat: {exc.strerror}")
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return Problem(path, f"not a regular file ({_kind(st.st_mode)})")
+    return Found(path, st.st_size, st.st_mtime_ns)
+
+
+def scan(roots: Sequence[str], rules: ScanRules) -> Iterator[Found | Problem]:
+    """Yield every wanted file under roots (absolute paths), and every problem met.
+
+    Directory symlinks are followed, but each directory (device, inode) is entered at
+    most once, so loops and repeated links cannot make the walk endless.
+    """
+    visited: set[tuple[int, int]] = set()
+    for root in roots:
+        root = os.path.abspath(root)
+        if not os.path.isdir(root):
+            got = _file(root, rules, explicit=True)
+            if got is not None:
+                yield got
+            continue
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                st = os.stat(folder)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in visited:
+                continue
+            visited.add(key)
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                yield Problem(folder, f"cannot list folder: {exc.strerror}")
+                continue
+            subdirs = []
+            for entry in entries:
+                if rules.excluded(entry.path, entry.name):
+                    continue
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=True)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    subdirs.append(entry.path)
+                    continue
+                got = _file(entry.path, rules)
+                if got is not None:
+                    yield got
+            stack.extend(reversed(subdirs))

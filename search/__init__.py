@@ -1,0 +1,1 @@
+"""Embedders, vector stores and the query engine. May import ``catalog`` only."""

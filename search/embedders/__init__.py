@@ -1,0 +1,71 @@
+"""Embedders turn images (and later text, sound) into L2-normalised float32 vectors.
+
+Backends register under a name (``clip``; ``imagebind`` later) and are built from
+plain keyword arguments, so the shell can pick one from settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    space: str  # the vector space this embedder writes to ("clip", ...)
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def input_side(self) -> int:
+        """Side in pixels of the square the image tower sees."""
+        ...
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """CPU-side preparation of one decoded RGB image (thread-safe)."""
+        ...
+
+    def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray: ...
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+_REGISTRY: dict[str, Callable[..., Embedder]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Embedder]], Callable[..., Embedder]]:
+    def deco(factory: Callable[..., Embedder]) -> Callable[..., Embedder]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def create(name: str, **kwargs: Any) -> Embedder:
+    if name not in _REGISTRY:
+        _load_builtin(name)
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown embedder {name!r}; known: {sorted(_REGISTRY)}") from None
+    return factory(**kwargs)
+
+
+def _load_builtin(name: str) -> None:
+    # Import lazily: each backend pulls in heavy libraries.
+    if name == "clip":
+        import search.embedders.clip  # noqa: F401
+
+
+def available() -> list[str]:
+    _load_builtin("clip")
+    return sorted(_REGISTRY)

@@ -1,0 +1,206 @@
+"""CLIP image/text embeddings through open_clip, the upstream reference implementation.
+
+Weights are found, in order:
+1. ``pretrained`` is a path to a checkpoint file: that file;
+2. ``$EVERLOOK_MODEL_DIR/open_clip/<model>/<pretrained>/`` holds a checkpoint: that file
+   (for offline machines; same bytes open_clip would download);
+3. ``pretrained`` is a tag open_clip knows: open_clip's own cache, downloading if online.
+Model configs beyond open_clip's built-ins are registered with ``add_model_config`` from
+``search/embedders/model_configs/`` and ``$EVERLOOK_MODEL_DIR/open_clip_configs/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from search.embedders import register
+
+BUILTIN_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights for a model cannot be found locally nor downloaded."""
+
+
+@functools.cache
+def _register_config_dir(path: str) -> None:
+    import open_clip
+
+    if Path(path).is_dir() and any(Path(path).glob("*.json")):
+        open_clip.add_model_config(path)
+
+
+def register_configs(model_dir: Path | None) -> None:
+    _register_config_dir(str(BUILTIN_CONFIGS))
+    if model_dir is not None:
+        _register_config_dir(str(model_dir / "open_clip_configs"))
+
+
+def local_checkpoint(model_dir: Path | None, model_name: str, pretrained: str) -> Path | None:
+    if model_dir is None:
+        return None
+    folder = model_dir / "open_clip" / model_name / pretrained
+    if not folder.is_dir():
+        return None
+    for name in CHECKPOINT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+    return found[0] if found else None
+
+
+def _missing_weights_message(model_name: str, pretrained: str, model_dir: Path | None,
+                             cause: BaseException | None) -> str:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
+    hub = (cfg.get("hf_hub") or "").rstrip("/")
+    source = (
+        f"the file open_clip_model.safetensors of the Hugging Face repository '{hub}'"
+        if hub
+        else f"the checkpoint at {cfg['url']}" if cfg.get("url") else "its checkpoint file"
+    )
+    where = model_dir if model_dir is not None else Path("<EVERLOOK_MODEL_DIR>")
+    because = f" ({type(cause).__name__}: {cause})" if cause else ""
+    return (
+        f"The weights of CLIP model {model_name!r} / {pretrained!r} are not on this machine "
+        f"and could not be downloaded{because}. On a machine with internet, the first run "
+        f"downloads them into open_clip's cache (~/.cache/huggingface/hub). To run offline, "
+        f"copy {source} to {where}/open_clip/{model_name}/{pretrained}/open_clip_model.safetensors "
+        f"and set EVERLOOK_MODEL_DIR={where}; or set EVERLOOK_CLIP_PRETRAINED to the path of "
+        f"a checkpoint file."
+    )
+
+
+def resolve_weights(model_name: str, pretrained: str, model_dir: Path | None) -> str:
+    """Return what to pass as open_clip's ``pretrained``: a local file or a known tag."""
+    import open_clip
+
+    register_configs(model_dir)
+    if model_name not in open_clip.list_models():
+        raise ValueError(
+            f"unknown open_clip model {model_name!r}; known: {', '.join(open_clip.list_models()[:12])}..."
+        )
+    if Path(pretrained).expanduser().is_file():
+        return str(Path(pretrained).expanduser())
+    local = local_checkpoint(model_dir, model_name, pretrained)
+    if local is not None:
+        return str(local)
+    if open_clip.get_pretrained_cfg(model_name, pretrained):
+        return pretrained
+    raise WeightsUnavailable(_missing_weights_message(model_name, pretrained, model_dir, None))
+
+
+@functools.cache
+def _load(model_name: str, weights: str, tag: str, model_dir: str | None,
+          device: str) -> tuple[Any, Any, Any]:
+    """Build model, eval transform and tokenizer once per process and arguments."""
+    import open_clip
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=weights, device=device
+        )
+    except Exception as exc:
+        if Path(weights).is_file():
+            raise
+        md = Path(model_dir) if model_dir else None
+        raise WeightsUnavailable(_missing_weights_message(model_name, tag, md, exc)) from exc
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return model, preprocess, tokenizer
+
+
+def _pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class OpenClipEmbedder:
+    """open_clip model behind the Embedder protocol. Loads on first use."""
+
+    space = "clip"
+
+    def __init__(self, model_name: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k",
+                 model_dir: Path | None = None, device: str = "auto") -> None:
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.model_dir = model_dir
+        self.device = _pick_device(device)
+        self._lock = threading.Lock()
+        self._parts: tuple[Any, Any, Any] | None = None
+
+    @property
+    def model_id(self) -> str:
+        # Provenance: a file given directly is named by its file name; a tag by the tag,
+        # whether its bytes came from the cache or from EVERLOOK_MODEL_DIR.
+        p = Path(self.pretrained).expanduser()
+        tag = f"file:{p.name}" if p.is_file() else self.pretrained
+        return f"open_clip/{self.model_name}/{tag}"
+
+    def _ensure(self) -> tuple[Any, Any, Any]:
+        if self._parts is None:
+            with self._lock:
+                if self._parts is None:
+                    weights = resolve_weights(self.model_name, self.pretrained, self.model_dir)
+                    md = str(self.model_dir) if self.model_dir else None
+                    self._parts = _load(self.model_name, weights, self.pretrained, md, self.device)
+        return self._parts
+
+    @property
+    def model(self) -> Any:
+        return self._ensure()[0]
+
+    @property
+    def transform(self) -> Any:
+        return self._ensure()[1]
+
+    @property
+    def dim(self) -> int:
+        out = getattr(self.model.visual, "output_dim", None)
+        return int(out) if out else int(self.embed_texts(["x"]).shape[1])
+
+    @property
+    def input_side(self) -> int:
+        size = self.model.visual.image_size
+        return int(min(size) if isinstance(size, tuple | list) else size)
+
+    def preprocess(self, image: Image.Image) -> Any:
+        return self.transform(image)
+
+    def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        x = torch.stack(list(batch)).to(self.device)
+        with torch.inference_mode():
+            feats = self.model.encode_image(x, normalize=True)
+        return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.embed_preprocessed([self.preprocess(im) for im in images])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        model, _, tokenizer = self._ensure()
+        tokens = tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode():
+            feats = model.encode_text(tokens, normalize=True)
+        return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
+
+
+@register("clip")
+def _factory(**kwargs: Any) -> OpenClipEmbedder:
+    return OpenClipEmbedder(**kwargs)
