@@ -269,12 +269,14 @@ class Catalog:
     # ---- reporting ---------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         with self.Session() as s:
-            kinds = dict(s.execute(select(Item.kind, func.count()).group_by(Item.kind)).tuples().all())
+            kinds: dict[str, int] = {
+                k: n for k, n in s.execute(select(Item.kind, func.count()).group_by(Item.kind))
+            }
             stage_rows = s.execute(
                 select(StageStatus.stage, StageStatus.status, func.count()).group_by(
                     StageStatus.stage, StageStatus.status
                 )
-            ).tuples()
+            )
             stages: dict[str, dict[str, int]] = {}
             for stage, status, n in stage_rows:
                 stages.setdefault(stage, {})[StageState(status).value] = n

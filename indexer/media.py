@@ -81,19 +81,13 @@ def read_file(path: str, limits: Limits) -> RawFile:
         if exc.errno == errno.ELOOP:
             raise MediaError("symbolic link loop") from exc
         raise MediaError(f"cannot open: {exc.strerror}") from exc
+    try:
+        _check_regular(os.fstat(fd), limits)
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "rb", buffering=0) as fh:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise MediaError("is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise MediaError(f"not a regular file ({_file_type(st.st_mode)})")
-        if st.st_size == 0:
-            raise MediaError("empty file (0 bytes)")
-        if st.st_size > limits.max_file_bytes:
-            raise MediaError(
-                f"file is {st.st_size} bytes, over the limit of {limits.max_file_bytes} "
-                "(setting max_file_bytes)"
-            )
         h = hashlib.sha256()
         buf = bytearray()
         while True:
@@ -108,6 +102,20 @@ def read_file(path: str, limits: Limits) -> RawFile:
             if len(buf) > limits.max_file_bytes:
                 raise MediaError("file grew past max_file_bytes while being read")
     return RawFile(path, bytes(buf), h.hexdigest(), len(buf), st.st_mtime_ns)
+
+
+def _check_regular(st: os.stat_result, limits: Limits) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise MediaError("is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise MediaError(f"not a regular file ({_file_type(st.st_mode)})")
+    if st.st_size == 0:
+        raise MediaError("empty file (0 bytes)")
+    if st.st_size > limits.max_file_bytes:
+        raise MediaError(
+            f"file is {st.st_size} bytes, over the limit of {limits.max_file_bytes} "
+            "(setting max_file_bytes)"
+        )
 
 
 def _file_type(mode: int) -> str:

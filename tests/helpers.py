@@ -1,0 +1,52 @@
+"""Media the tests make themselves, and small helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220),
+    "yellow": (240, 210, 30), "purple": (140, 40, 170), "orange": (250, 140, 20),
+}  # fmt: skip
+
+
+def picture(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """A deterministic picture: a background gradient with a few coloured shapes."""
+    rng = random.Random(seed)
+    w, h = size
+    img = Image.new("RGB", size, tuple(rng.randrange(40, 220) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(2, 5)):
+        x0, y0 = rng.randrange(w), rng.randrange(h)
+        x1, y1 = x0 + rng.randrange(8, w // 2 + 9), y0 + rng.randrange(8, h // 2 + 9)
+        fill = tuple(rng.randrange(256) for _ in range(3))
+        if rng.random() < 0.5:
+            draw.ellipse((x0, y0, x1, y1), fill=fill)
+        else:
+            draw.rectangle((x0, y0, x1, y1), fill=fill)
+    return img
+
+
+def save(img: Image.Image, path: Path, fmt: str | None = None, **kw: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+def jpeg_bytes(img: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def make_library(root: Path, n: int, start: int = 0) -> list[Path]:
+    """n distinct JPEG photos under root (some in sub-folders)."""
+    out = []
+    for i in range(start, start + n):
+        sub = root / ("a" if i % 3 else "b/c")
+        out.append(save(picture(i), sub / f"img{i:03d}.jpg", quality=90))
+    return out

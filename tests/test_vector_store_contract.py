@@ -1,0 +1,150 @@
+"""The contract every vector store backend must pass (index, save, reload, delete, search)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import vectors
+from search.vectors import IndexInfo, IndexUnusable
+
+INFO = IndexInfo(model_id="test/model-a", dim=16)
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(params=vectors.available())
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def filled(backend: str) -> tuple[vectors.VectorStore, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    store = vectors.create(backend, INFO)
+    ids = np.arange(100, 150)
+    vecs = unit(rng, 50)
+    store.add(ids, vecs)
+    return store, ids, vecs
+
+
+def test_each_vector_finds_itself_first_with_score_one(filled):
+    store, ids, vecs = filled
+    results = store.search(vecs[:5], k=3)
+    for row, expected in zip(results, ids[:5], strict=True):
+        assert row[0][0] == expected
+        assert row[0][1] == pytest.approx(1.0, abs=1e-5)
+        assert row[0][1] >= row[1][1] >= row[2][1]
+
+
+def test_scores_are_inner_products(filled):
+    store, ids, vecs = filled
+    (top,) = store.search(vecs[0], k=50)
+    by_id = dict(top)
+    for i, v in zip(ids, vecs, strict=True):
+        assert by_id[int(i)] == pytest.approx(float(vecs[0] @ v), abs=1e-5)
+
+
+def test_count_and_ids_follow_adds_and_removes(filled):
+    store, ids, _ = filled
+    assert store.count() == 50
+    assert sorted(store.ids().tolist()) == ids.tolist()
+    assert store.remove([100, 101, 999]) == 2
+    assert store.count() == 48
+    assert 100 not in store.ids().tolist()
+
+
+def test_removed_ids_are_never_returned(filled):
+    store, ids, vecs = filled
+    store.remove(ids[:10])
+    got = {i for row in store.search(vecs[:10], k=50) for i, _ in row}
+    assert got.isdisjoint(set(ids[:10].tolist()))
+
+
+def test_adding_an_existing_id_replaces_its_vector(filled):
+    store, ids, vecs = filled
+    store.add([ids[0]], vecs[1:2])
+    assert store.count() == 50
+    (top,) = store.search(vecs[1], k=2)
+    assert {i for i, _ in top} == {int(ids[0]), int(ids[1])}
+
+
+def test_allow_list_restricts_results(filled):
+    store, ids, vecs = filled
+    allow = ids[20:25].tolist()
+    (row,) = store.search(vecs[0], k=10, allow=allow)
+    assert len(row) == 5
+    assert {i for i, _ in row} == set(allow)
+
+
+def test_k_larger_than_index_returns_everything_once(filled):
+    store, ids, vecs = filled
+    (row,) = store.search(vecs[0], k=1000)
+    assert sorted(i for i, _ in row) == ids.tolist()
+
+
+def test_empty_index_returns_no_results(backend):
+    store = vectors.create(backend, INFO)
+    assert store.search(unit(np.random.default_rng(0), 1), k=5) == [[]]
+
+
+def test_wrong_dimension_is_refused(backend):
+    store = vectors.create(backend, INFO)
+    with pytest.raises(ValueError):
+        store.add([1], np.ones((1, 8), dtype=np.float32))
+
+
+def test_save_and_reload_gives_identical_results(filled, backend, tmp_path: Path):
+    store, ids, vecs = filled
+    path = tmp_path / "idx" / "clip.idx"
+    store.save(path)
+    again = vectors.load(backend, path, INFO)
+    assert again.count() == store.count()
+    assert again.search(vecs[:3], k=5) == store.search(vecs[:3], k=5)
+    # and it keeps working after reload: append and delete
+    again.add([999], vecs[0:1])
+    assert again.remove([100]) == 1
+    assert again.search(vecs[0], k=1)[0][0][0] == 999
+
+
+def test_save_leaves_no_temporary_files(filled, tmp_path: Path):
+    store, _, _ = filled
+    store.save(tmp_path / "x.idx")
+    store.save(tmp_path / "x.idx")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.idx"]
+
+
+def test_an_index_made_by_another_model_is_unusable(filled, backend, tmp_path: Path):
+    store, _, _ = filled
+    store.save(tmp_path / "x.idx")
+    with pytest.raises(IndexUnusable, match="model-a"):
+        vectors.load(backend, tmp_path / "x.idx", IndexInfo("test/model-b", 16))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+def test_a_damaged_index_file_is_unusable(filled, backend, tmp_path: Path, damage: str):
+    store, _, _ = filled
+    path = tmp_path / "x.idx"
+    store.save(path)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[-10] ^= 0xFF
+    elif damage == "garbage":
+        data = bytearray(b"not an index at all" * 10)
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexUnusable):
+        vectors.load(backend, path, INFO)
+
+
+def test_a_missing_index_file_is_unusable(backend, tmp_path: Path):
+    with pytest.raises(IndexUnusable):
+        vectors.load(backend, tmp_path / "nope.idx", INFO)
