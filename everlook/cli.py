@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from everlook.settings import Settings
 
@@ -20,8 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Semantic search for your images: index folders, then search them.")
 db_app = typer.Typer(no_args_is_help=True, help="Catalog database maintenance.")
 app.add_typer(db_app, name="db")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # never break paths across lines
+err = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -163,11 +162,14 @@ def search(
     if not hits:
         out.print("no results")
         return
-    table = Table("#", "score", "id", "path", box=None, pad_edge=False)
+    # Plain aligned lines rather than a rich table: paths are never cut or folded,
+    # since users copy them into other commands and pipes.
+    width = max(len(str(h.item_id)) for h in hits)
+    print(f"{'#':>3}  {'score':>7}  {'id':>{width}}  path")
     for n, h in enumerate(hits, 1):
         extra = f"  (+{len(h.paths) - 1} more)" if len(h.paths) > 1 else ""
-        table.add_row(str(n), f"{h.score:.4f}", str(h.item_id), (h.paths[0] if h.paths else "?") + extra)
-    out.print(table)
+        path = h.paths[0] if h.paths else "?"
+        print(f"{n:>3}  {h.score:>7.4f}  {h.item_id:>{width}}  {path}{extra}")
 
 
 def _resolve_item(parts: Any, ref: str) -> int:

@@ -59,7 +59,9 @@ class VectorIndex:
             store = vectors.load(self.backend, self.path, self.info)
         except IndexUnusable as why:
             report.rebuilt_because = str(why)
-            log.warning("rebuilding vector index from the catalog: %s", why)
+            # A first run has no index yet: nothing to warn about.
+            level = logging.INFO if not self.path.exists() else logging.WARNING
+            log.log(level, "rebuilding vector index from the catalog: %s", why)
             store = vectors.create(self.backend, self.info)
         self._store = store
         self._reconcile(store, report)

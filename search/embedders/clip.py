@@ -69,15 +69,16 @@ def _missing_weights_message(model_name: str, pretrained: str, model_dir: Path |
         if hub
         else f"the checkpoint at {cfg['url']}" if cfg.get("url") else "its checkpoint file"
     )
-    where = model_dir if model_dir is not None else Path("<EVERLOOK_MODEL_DIR>")
+    where = str(model_dir) if model_dir is not None else "DIR"
+    chosen = "" if model_dir is not None else " (DIR being a folder of your choice)"
     because = f" ({type(cause).__name__}: {cause})" if cause else ""
     return (
         f"The weights of CLIP model {model_name!r} / {pretrained!r} are not on this machine "
         f"and could not be downloaded{because}. On a machine with internet, the first run "
         f"downloads them into open_clip's cache (~/.cache/huggingface/hub). To run offline, "
-        f"copy {source} to {where}/open_clip/{model_name}/{pretrained}/open_clip_model.safetensors "
-        f"and set EVERLOOK_MODEL_DIR={where}; or set EVERLOOK_CLIP_PRETRAINED to the path of "
-        f"a checkpoint file."
+        f"copy {source} to {where}/open_clip/{model_name}/{pretrained}/open_clip_model.safetensors"
+        f"{chosen} and set EVERLOOK_MODEL_DIR={where}; or set EVERLOOK_CLIP_PRETRAINED to the "
+        f"path of a checkpoint file."
     )
 
 
@@ -95,9 +96,59 @@ def resolve_weights(model_name: str, pretrained: str, model_dir: Path | None) ->
     local = local_checkpoint(model_dir, model_name, pretrained)
     if local is not None:
         return str(local)
-    if open_clip.get_pretrained_cfg(model_name, pretrained):
-        return pretrained
-    raise WeightsUnavailable(_missing_weights_message(model_name, pretrained, model_dir, None))
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        raise WeightsUnavailable(
+            f"{pretrained!r} is neither a checkpoint file nor a pretrained tag open_clip knows "
+            f"for {model_name!r} (known: {', '.join(open_clip.list_pretrained_tags_by_model(model_name)) or 'none'}). "
+            + _missing_weights_message(model_name, pretrained, model_dir, None)
+        )
+    cached = _hf_cached(cfg)
+    if cached is not None:
+        return cached
+    why = _offline_reason()
+    if why is not None:
+        # Fail now with the useful message, instead of after huggingface_hub's retries
+        # (about a minute of back-off per file on a machine without network).
+        raise WeightsUnavailable(_missing_weights_message(model_name, pretrained, model_dir,
+                                                          ConnectionError(why)))
+    return pretrained  # open_clip downloads it into its cache
+
+
+def _hf_cached(cfg: dict[str, Any]) -> str | None:
+    """The checkpoint from huggingface_hub's cache, if an earlier run downloaded it."""
+    hub = (cfg.get("hf_hub") or "").rstrip("/")
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, _, fname = cfg["hf_hub"].rpartition("/") if not cfg["hf_hub"].endswith("/") else (hub, "", "")
+    names = [fname] if fname else list(CHECKPOINT_NAMES)
+    for name in names:
+        got = try_to_load_from_cache(repo or hub, name)
+        if isinstance(got, str) and Path(got).is_file():
+            return got
+    return None
+
+
+def _offline_reason() -> str | None:
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    return None
 
 
 @functools.cache
