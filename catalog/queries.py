@@ -68,7 +68,9 @@ class Catalog:
             for root in roots:
                 prefix = root.rstrip("/") + "/"
                 stmt = select(FilePath.path, FilePath.item_id, FilePath.size, FilePath.mtime_ns)
-                stmt = stmt.where((FilePath.path == root) | FilePath.path.startswith(prefix, autoescape=True))
+                stmt = stmt.where(
+                    (FilePath.path == root) | FilePath.path.startswith(prefix, autoescape=True)
+                )
                 for p, item_id, size, mtime in s.execute(stmt):
                     out[p] = KnownPath(p, item_id, size, mtime)
         return out
@@ -77,7 +79,9 @@ class Catalog:
         out: dict[str, int] = {}
         with self.Session() as s:
             for chunk in _chunks(list(shas)):
-                for sha, item_id in s.execute(select(Item.sha256, Item.id).where(Item.sha256.in_(chunk))):
+                for sha, item_id in s.execute(
+                    select(Item.sha256, Item.id).where(Item.sha256.in_(chunk))
+                ):
                     out[sha] = item_id
         return out
 
@@ -183,15 +187,29 @@ class Catalog:
             select(Embedding).where(Embedding.item_id == item_id, Embedding.space == new.space)
         )
         if emb is None:
-            s.add(Embedding(item_id=item_id, space=new.space, model_id=new.model_id,
-                            dim=new.dim, vector=new.vector))
+            s.add(
+                Embedding(
+                    item_id=item_id,
+                    space=new.space,
+                    model_id=new.model_id,
+                    dim=new.dim,
+                    vector=new.vector,
+                )
+            )
         else:
             emb.model_id, emb.dim, emb.vector = new.model_id, new.dim, new.vector
             emb.created_at = utcnow()
         st = s.get(StageStatus, (item_id, stage))
         if st is None:
-            s.add(StageStatus(item_id=item_id, stage=stage, status=StageState.done,
-                              attempts=1, model_id=new.model_id))
+            s.add(
+                StageStatus(
+                    item_id=item_id,
+                    stage=stage,
+                    status=StageState.done,
+                    attempts=1,
+                    model_id=new.model_id,
+                )
+            )
         else:
             st.status, st.model_id, st.error = StageState.done, new.model_id, None
             st.attempts += 1
@@ -260,7 +278,8 @@ class Catalog:
             for root in roots:
                 prefix = root.rstrip("/") + "/"
                 stmt = select(FileFailure.path).where(
-                    (FileFailure.path == root) | FileFailure.path.startswith(prefix, autoescape=True)
+                    (FileFailure.path == root)
+                    | FileFailure.path.startswith(prefix, autoescape=True)
                 )
                 gone = [p for p in s.scalars(stmt) if p not in keep]
                 for chunk in _chunks(gone):
@@ -283,8 +302,12 @@ class Catalog:
             failures = [
                 {"path": p, "reason": r, "attempts": a, "updated_at": _iso(t)}
                 for p, r, a, t in s.execute(
-                    select(FileFailure.path, FileFailure.reason, FileFailure.attempts,
-                           FileFailure.updated_at).order_by(FileFailure.path)
+                    select(
+                        FileFailure.path,
+                        FileFailure.reason,
+                        FileFailure.attempts,
+                        FileFailure.updated_at,
+                    ).order_by(FileFailure.path)
                 )
             ]
             stage_failures = [
@@ -298,8 +321,9 @@ class Catalog:
             models = [
                 {"space": sp, "model_id": m, "dim": d, "count": n}
                 for sp, m, d, n in s.execute(
-                    select(Embedding.space, Embedding.model_id, Embedding.dim, func.count())
-                    .group_by(Embedding.space, Embedding.model_id, Embedding.dim)
+                    select(
+                        Embedding.space, Embedding.model_id, Embedding.dim, func.count()
+                    ).group_by(Embedding.space, Embedding.model_id, Embedding.dim)
                 )
             ]
             n_paths = s.scalar(select(func.count()).select_from(FilePath)) or 0

@@ -15,8 +15,11 @@ from rich.console import Console
 
 from everlook.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Semantic search for your images: index folders, then search them.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Semantic search for your images: index folders, then search them.",
+)
 db_app = typer.Typer(no_args_is_help=True, help="Catalog database maintenance.")
 app.add_typer(db_app, name="db")
 out = Console(soft_wrap=True)  # never break paths across lines
@@ -45,20 +48,36 @@ def _fail_config(exc: Exception) -> typer.Exit:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 @app.command()
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Folders or files to index.")],
-    include: Annotated[list[str] | None, typer.Option("--include", help="Glob of names to index (repeatable); default: image extensions.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of names or paths to skip (repeatable).")] = None,
-    hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders.")] = False,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include", help="Glob of names to index (repeatable); default: image extensions."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Glob of names or paths to skip (repeatable)."),
+    ] = None,
+    hidden: Annotated[
+        bool, typer.Option("--hidden", help="Also index hidden files and folders.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Index folders: new and changed files are embedded, moved ones re-pointed, vanished ones removed."""
+    """Index folders: new and changed files are embedded, moved files re-pointed,
+    vanished files removed."""
     from indexer.scan import ScanRules
     from search.embedders.clip import WeightsUnavailable
 
@@ -68,7 +87,9 @@ def index(
             raise typer.Exit(EXIT_USAGE)
     parts = _parts()
     s = parts.settings
-    rules = ScanRules(include or s.include, [*s.exclude, *(exclude or [])], hidden or s.include_hidden)
+    rules = ScanRules(
+        include or s.include, [*s.exclude, *(exclude or [])], hidden or s.include_hidden
+    )
     started = time.monotonic()
     try:
         pipeline = parts.pipeline(rules)
@@ -85,8 +106,13 @@ def index(
 
 def _run_with_progress(pipeline: Any, roots: list[str], quiet: bool) -> Any:
     from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-        TimeElapsedColumn, TimeRemainingColumn,
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
     )  # fmt: skip
 
     columns = (
@@ -94,13 +120,17 @@ def _run_with_progress(pipeline: Any, roots: list[str], quiet: bool) -> Any:
         TextColumn("{task.fields[rate]} files/s"), TimeElapsedColumn(), TextColumn("ETA"),
         TimeRemainingColumn(),
     )  # fmt: skip
-    with Progress(*columns, console=err, disable=quiet or not err.is_terminal, transient=False) as bar:
+    with Progress(
+        *columns, console=err, disable=quiet or not err.is_terminal, transient=False
+    ) as bar:
         task = bar.add_task("index", total=None, rate="-")
         t0 = time.monotonic()
 
         def on_progress(done: int, total: int) -> None:
             dt = time.monotonic() - t0
-            bar.update(task, completed=done, total=total, rate=f"{done / dt:.1f}" if dt > 0 else "-")
+            bar.update(
+                task, completed=done, total=total, rate=f"{done / dt:.1f}" if dt > 0 else "-"
+            )
 
         return pipeline.run(roots, progress=on_progress)
 
@@ -120,10 +150,17 @@ def _print_summary(report: Any, elapsed: float) -> None:
 @app.command()
 def search(
     text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
-    image: Annotated[Path | None, typer.Option("--image", help="Find images like this image file.")] = None,
-    like: Annotated[str | None, typer.Option("--like", help="Find images like this indexed path or item id.")] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Find images like this image file.")
+    ] = None,
+    like: Annotated[
+        str | None, typer.Option("--like", help="Find images like this indexed path or item id.")
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, max=10000, help="How many results.")] = 10,
-    min_score: Annotated[float | None, typer.Option("--min-score", help="Drop results scoring below this cosine similarity.")] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option("--min-score", help="Drop results scoring below this cosine similarity."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
     """Search by text, by an image file (--image), or by an indexed item (--like)."""
@@ -154,10 +191,12 @@ def search(
     except (WeightsUnavailable, LookupError) as exc:
         raise _fail_config(exc) from exc
     if as_json:
-        out.print_json(json.dumps([
-            {"rank": n, "item_id": h.item_id, "score": round(h.score, 6), "path": h.paths[0] if h.paths else None, "paths": h.paths}
+        rows = [
+            {"rank": n, "item_id": h.item_id, "score": round(h.score, 6),
+             "path": h.paths[0] if h.paths else None, "paths": h.paths}
             for n, h in enumerate(hits, 1)
-        ]))  # fmt: skip
+        ]  # fmt: skip
+        out.print_json(json.dumps(rows))
         return
     if not hits:
         out.print("no results")
@@ -196,23 +235,37 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")
         idx["bytes"] = index_path.stat().st_size
         try:
             header, _ = read_header(index_path)
-            idx.update(vectors=header.get("count"), model_id=header.get("model_id"), dim=header.get("dim"))
+            idx.update(
+                vectors=header.get("count"), model_id=header.get("model_id"), dim=header.get("dim")
+            )
         except Exception as exc:
             idx["problem"] = str(exc)
     data["index"] = idx
-    data["settings"] = {"home": str(parts.settings.home), "clip_model": parts.settings.clip_model,
-                        "clip_pretrained": parts.settings.clip_pretrained}
+    data["settings"] = {
+        "home": str(parts.settings.home),
+        "clip_model": parts.settings.clip_model,
+        "clip_pretrained": parts.settings.clip_pretrained,
+    }
     if as_json:
         out.print_json(json.dumps(data, default=str))
         return
     items = data["items"]
-    out.print(f"[bold]items[/bold] {items['total']} ({', '.join(f'{k} {v}' for k, v in items['by_kind'].items()) or 'none'}), paths {data['paths']}")
+    kinds = ", ".join(f"{k} {v}" for k, v in items["by_kind"].items()) or "none"
+    out.print(f"[bold]items[/bold] {items['total']} ({kinds}), paths {data['paths']}")
     for stage, counts in data["stages"].items():
-        out.print(f"[bold]stage[/bold] {stage}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        out.print(
+            f"[bold]stage[/bold] {stage}: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        )
     for m in data["models"]:
-        out.print(f"[bold]model[/bold] {m['space']}: {m['model_id']} (dim {m['dim']}, {m['count']} vectors)")
+        out.print(
+            f"[bold]model[/bold] {m['space']}: {m['model_id']} "
+            f"(dim {m['dim']}, {m['count']} vectors)"
+        )
     if idx["exists"]:
-        out.print(f"[bold]index[/bold] {idx['path']}: {idx.get('vectors')} vectors, {idx['bytes']} bytes")
+        out.print(
+            f"[bold]index[/bold] {idx['path']}: {idx.get('vectors')} vectors, {idx['bytes']} bytes"
+        )
     else:
         out.print(f"[bold]index[/bold] {idx['path']}: not built yet")
     fails = data["failures"]

@@ -62,5 +62,6 @@ class Parts:
         return SearchEngine(self.embedder, self.index, self.catalog)
 
     def limits(self) -> Limits:
-        return Limits(max_pixels=self.settings.max_pixels,
-                      max_file_bytes=self.settings.max_file_bytes)
+        return Limits(
+            max_pixels=self.settings.max_pixels, max_file_bytes=self.settings.max_file_bytes
+        )

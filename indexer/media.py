@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 try:  # HEIC/HEIF from phones: registered as a Pillow opener.
     import pillow_heif
@@ -71,7 +71,9 @@ def read_file(path: str, limits: Limits) -> RawFile:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as exc:
         if os.path.islink(path):
-            raise MediaError(f"broken symbolic link (target {os.readlink(path)!r} is missing)") from exc
+            raise MediaError(
+                f"broken symbolic link (target {os.readlink(path)!r} is missing)"
+            ) from exc
         raise MediaError("file vanished before it could be read") from exc
     except IsADirectoryError as exc:
         raise MediaError("is a directory, not a file") from exc
@@ -228,7 +230,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
-            img = ImageCms.profileToProfile(img, src, _SRGB, outputMode=out_mode)
+            converted = ImageCms.profileToProfile(img, src, _SRGB, outputMode=out_mode)
+            if converted is not None:
+                img = converted
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken profile: fall back to Pillow's plain conversion below
     if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
@@ -265,9 +269,9 @@ def read_exif(img: Image.Image) -> dict[str, Any]:
         gps = exif.get_ifd(0x8825)
         lat = _dms(gps.get(2), gps.get(1))
         lon = _dms(gps.get(4), gps.get(3))
-        if lat is not None and lon is not None and abs(lat) <= 90 and abs(lon) <= 180:
-            if not (lat == 0 and lon == 0):  # 0,0 is what empty GPS blocks hold
-                out["gps_lat"], out["gps_lon"] = lat, lon
+        plausible = lat is not None and lon is not None and abs(lat) <= 90 and abs(lon) <= 180
+        if plausible and (lat, lon) != (0.0, 0.0):  # 0,0 is what empty GPS blocks hold
+            out["gps_lat"], out["gps_lon"] = lat, lon
     except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
         pass
     return out

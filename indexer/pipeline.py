@@ -50,8 +50,8 @@ class Report:
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    limits: Limits = Limits()
-    rules: ScanRules = ScanRules()
+    limits: Limits = field(default_factory=Limits)
+    rules: ScanRules = field(default_factory=ScanRules)
     batch_size: int = 32
     workers: int = 0  # 0: one per CPU core
     draft: bool = True
@@ -75,8 +75,13 @@ ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
 class Pipeline:
-    def __init__(self, embedder: Embedder, index: VectorIndex, catalog: Catalog,
-                 options: PipelineOptions | None = None) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: VectorIndex,
+        catalog: Catalog,
+        options: PipelineOptions | None = None,
+    ) -> None:
         self.embedder = embedder
         self.index = index
         self.catalog = catalog
@@ -121,7 +126,9 @@ class Pipeline:
         report = Report()
         roots = [os.path.abspath(r) for r in roots]
         store = self.index.store  # opens and reconciles with the catalog first
-        self._embedded = set(self.catalog.embedding_ids(self.embedder.space, self.embedder.model_id))
+        self._embedded = set(
+            self.catalog.embedding_ids(self.embedder.space, self.embedder.model_id)
+        )
         known = self.catalog.known_paths(roots)
 
         todo: list[Found] = []
@@ -133,8 +140,12 @@ class Pipeline:
                 continue
             report.scanned += 1
             kp = known.get(got.path)
-            if (kp is not None and kp.size == got.size and kp.mtime_ns == got.mtime_ns
-                    and kp.item_id in self._embedded):
+            if (
+                kp is not None
+                and kp.size == got.size
+                and kp.mtime_ns == got.mtime_ns
+                and kp.item_id in self._embedded
+            ):
                 report.unchanged += 1
             else:
                 todo.append(got)
@@ -212,8 +223,13 @@ class Pipeline:
         self.index.save()
         return report
 
-    def _flush_attached(self, attached: list[tuple[_Prepared, bool]], known: dict[str, Any],
-                        gone_items: set[int], report: Report) -> None:
+    def _flush_attached(
+        self,
+        attached: list[tuple[_Prepared, bool]],
+        known: dict[str, Any],
+        gone_items: set[int],
+        report: Report,
+    ) -> None:
         if not attached:
             return
         ids = self.catalog.item_ids_by_sha([p.sha256 for p, _ in attached])

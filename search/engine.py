@@ -26,8 +26,13 @@ class SearchEngine:
         self.index = index
         self.catalog = catalog
 
-    def by_vector(self, vector: np.ndarray, k: int = 10, min_score: float | None = None,
-                  exclude: Sequence[int] = ()) -> list[Hit]:
+    def by_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        min_score: float | None = None,
+        exclude: Sequence[int] = (),
+    ) -> list[Hit]:
         raw = self.index.store.search(vector.reshape(1, -1), k + len(exclude))[0]
         pairs = [(i, s) for i, s in raw if i not in set(exclude)][:k]
         if min_score is not None:
@@ -38,8 +43,9 @@ class SearchEngine:
     def by_text(self, text: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
         return self.by_vector(self.embedder.embed_texts([text])[0], k, min_score)
 
-    def by_image(self, image: Image.Image, k: int = 10,
-                 min_score: float | None = None) -> list[Hit]:
+    def by_image(
+        self, image: Image.Image, k: int = 10, min_score: float | None = None
+    ) -> list[Hit]:
         return self.by_vector(self.embedder.embed_images([image])[0], k, min_score)
 
     def by_item(self, item_id: int, k: int = 10, min_score: float | None = None) -> list[Hit]:

@@ -36,8 +36,9 @@ class SyncReport:
 class VectorIndex:
     """A vector store bound to its file, its space/model, and the catalog."""
 
-    def __init__(self, catalog: Catalog, backend: str, path: Path, space: str,
-                 info: IndexInfo) -> None:
+    def __init__(
+        self, catalog: Catalog, backend: str, path: Path, space: str, info: IndexInfo
+    ) -> None:
         self.catalog = catalog
         self.backend = backend
         self.path = path

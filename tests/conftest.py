@@ -97,8 +97,14 @@ def run_everlook(env: dict[str, str]) -> Iterator[Any]:
 
     def run(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, **env}
-        return subprocess.run([sys.executable, "-m", "everlook", *args], env=full_env,
-                              capture_output=True, text=True, timeout=timeout, **kw)
+        return subprocess.run(
+            [sys.executable, "-m", "everlook", *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
 
     yield run
 

@@ -138,7 +138,7 @@ def test_symlink_loops_are_never_followed(cli, tmp_path: Path):
     make_library(lib, 2)
     (lib / "a" / "loop").symlink_to(lib)
     (lib / "self").symlink_to(lib / "self")
-    code, summary = run_index(cli, lib)
+    _code, summary = run_index(cli, lib)
     assert summary["new"] == 2
 
 

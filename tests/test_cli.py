@@ -41,8 +41,11 @@ def test_like_by_path_and_by_id_agree_and_leave_the_item_out(cli, indexed):
     code, by_path = cli.json("search", "--like", str(indexed[0]), "-k", "5")
     assert code == 0 and len(by_path) == 5
     assert str(indexed[0]) not in [h["path"] for h in by_path]
-    item_id = sqlite3.connect(Path(_home()) / "catalog.db").execute(
-        "select item_id from paths where path = ?", (str(indexed[0]),)).fetchone()[0]
+    item_id = (
+        sqlite3.connect(Path(_home()) / "catalog.db")
+        .execute("select item_id from paths where path = ?", (str(indexed[0]),))
+        .fetchone()[0]
+    )
     code, by_id = cli.json("search", "--like", str(item_id), "-k", "5")
     assert [h["item_id"] for h in by_id] == [h["item_id"] for h in by_path]
 
@@ -100,8 +103,9 @@ def test_stats_reports_items_stages_failures_index_and_models(cli, indexed, tmp_
     assert st["failures"][0]["path"].endswith("bad.jpg")
     assert "not a recognised image format" in st["failures"][0]["reason"]
     assert st["index"]["vectors"] == 10 and st["index"]["bytes"] > 0
-    assert st["models"] == [{"space": "clip", "model_id": "open_clip/everlook-tiny/seed0",
-                             "dim": 32, "count": 10}]
+    assert st["models"] == [
+        {"space": "clip", "model_id": "open_clip/everlook-tiny/seed0", "dim": 32, "count": 10}
+    ]
     text = cli("stats").stdout
     assert "items 10" in text and "bad.jpg" in text and "open_clip/everlook-tiny/seed0" in text
 
@@ -123,8 +127,9 @@ def test_include_and_exclude_globs_and_hidden_folders(cli, tmp_path):
     save(picture(3), lib / ".thumbs" / "hidden.jpg")
     save(picture(4), lib / "pic.PNG")
     save(picture(5), lib / "other.webp")
-    code, summary = cli.json("index", str(lib), "--exclude", "raw", "--include", "*.jpg",
-                             "--include", "*.png")
+    code, summary = cli.json(
+        "index", str(lib), "--exclude", "raw", "--include", "*.jpg", "--include", "*.png"
+    )
     assert code == 0 and summary["new"] == 2  # keep.jpg and pic.PNG (case-insensitive)
     code, summary = cli.json("index", str(lib), "--hidden", "--include", "*.jpg")
     assert summary["new"] == 2  # raw/skip.jpg and .thumbs/hidden.jpg now too

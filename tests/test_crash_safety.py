@@ -29,9 +29,12 @@ def count_items(db: Path) -> int:
 
 
 def start(env: dict[str, str], lib: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "everlook", "index", str(lib)],
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "everlook", "index", str(lib)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_sigkill_mid_run_then_rerun_indexes_every_file_exactly_once(env, tmp_path: Path):
@@ -63,7 +66,9 @@ def test_sigkill_mid_run_then_rerun_indexes_every_file_exactly_once(env, tmp_pat
         items = con.execute("select count(*), count(distinct sha256) from items").fetchone()
         emb_ids = sorted(r[0] for r in con.execute("select item_id from embeddings"))
         item_ids = sorted(r[0] for r in con.execute("select id from items"))
-        stage_done = con.execute("select count(*) from stage_status where status='done'").fetchone()[0]
+        stage_done = con.execute(
+            "select count(*) from stage_status where status='done'"
+        ).fetchone()[0]
     assert sorted(paths) == sorted(str(p) for p in [*files, lib / "dup.jpg"])
     assert items == (90, 90)
     assert emb_ids == item_ids and stage_done == 90

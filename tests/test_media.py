@@ -47,7 +47,7 @@ def test_gif_gives_its_first_frame():
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
     out = decode_image(buf.getvalue(), LIMITS)
-    r, g, b = out.image.getpixel((16, 16))
+    r, _g, b = out.image.getpixel((16, 16))
     assert r > 200 and b < 50
 
 

@@ -88,15 +88,18 @@ def _plain_rgb(path: Path) -> bool:
     """Images whose correct RGB is simply Pillow's convert('RGB')."""
     try:
         with Image.open(path) as im:
-            return im.mode == "RGB" and "icc_profile" not in im.info and im.format in (
-                "JPEG", "PNG", "WEBP", "BMP", "TIFF"
+            return (
+                im.mode == "RGB"
+                and "icc_profile" not in im.info
+                and im.format in ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
             )
     except Exception:
         return False
 
 
-def test_shared_photos_embed_exactly_as_open_clip_does(parts, tmp_path, model_dir,
-                                                       shared_images, monkeypatch):
+def test_shared_photos_embed_exactly_as_open_clip_does(
+    parts, tmp_path, model_dir, shared_images, monkeypatch
+):
     monkeypatch.setenv("EVERLOOK_DRAFT_DECODE", "false")
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -117,7 +120,9 @@ def _draft_pairs(shared: Path | None) -> list[bytes]:
         picture(seed, (4000, 3000)).save(buf, "JPEG", quality=90)
         datas.append(buf.getvalue())
     if shared is not None:
-        datas += [p.read_bytes() for p in sorted(shared.glob("*.jpg")) if p.stat().st_size > 300_000]
+        datas += [
+            p.read_bytes() for p in sorted(shared.glob("*.jpg")) if p.stat().st_size > 300_000
+        ]
     return datas
 
 

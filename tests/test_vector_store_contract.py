@@ -100,7 +100,7 @@ def test_wrong_dimension_is_refused(backend):
 
 
 def test_save_and_reload_gives_identical_results(filled, backend, tmp_path: Path):
-    store, ids, vecs = filled
+    store, _ids, vecs = filled
     path = tmp_path / "idx" / "clip.idx"
     store.save(path)
     again = vectors.load(backend, path, INFO)

@@ -58,8 +58,9 @@ def local_checkpoint(model_dir: Path | None, model_name: str, pretrained: str) -
     return found[0] if found else None
 
 
-def _missing_weights_message(model_name: str, pretrained: str, model_dir: Path | None,
-                             cause: BaseException | None) -> str:
+def _missing_weights_message(
+    model_name: str, pretrained: str, model_dir: Path | None, cause: BaseException | None
+) -> str:
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
@@ -67,7 +68,9 @@ def _missing_weights_message(model_name: str, pretrained: str, model_dir: Path |
     source = (
         f"the file open_clip_model.safetensors of the Hugging Face repository '{hub}'"
         if hub
-        else f"the checkpoint at {cfg['url']}" if cfg.get("url") else "its checkpoint file"
+        else f"the checkpoint at {cfg['url']}"
+        if cfg.get("url")
+        else "its checkpoint file"
     )
     where = str(model_dir) if model_dir is not None else "DIR"
     chosen = "" if model_dir is not None else " (DIR being a folder of your choice)"
@@ -88,9 +91,8 @@ def resolve_weights(model_name: str, pretrained: str, model_dir: Path | None) ->
 
     register_configs(model_dir)
     if model_name not in open_clip.list_models():
-        raise ValueError(
-            f"unknown open_clip model {model_name!r}; known: {', '.join(open_clip.list_models()[:12])}..."
-        )
+        some = ", ".join(open_clip.list_models()[:12])
+        raise ValueError(f"unknown open_clip model {model_name!r}; known: {some}...")
     if Path(pretrained).expanduser().is_file():
         return str(Path(pretrained).expanduser())
     local = local_checkpoint(model_dir, model_name, pretrained)
@@ -98,9 +100,10 @@ def resolve_weights(model_name: str, pretrained: str, model_dir: Path | None) ->
         return str(local)
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
         raise WeightsUnavailable(
             f"{pretrained!r} is neither a checkpoint file nor a pretrained tag open_clip knows "
-            f"for {model_name!r} (known: {', '.join(open_clip.list_pretrained_tags_by_model(model_name)) or 'none'}). "
+            f"for {model_name!r} (known: {tags}). "
             + _missing_weights_message(model_name, pretrained, model_dir, None)
         )
     cached = _hf_cached(cfg)
@@ -110,8 +113,9 @@ def resolve_weights(model_name: str, pretrained: str, model_dir: Path | None) ->
     if why is not None:
         # Fail now with the useful message, instead of after huggingface_hub's retries
         # (about a minute of back-off per file on a machine without network).
-        raise WeightsUnavailable(_missing_weights_message(model_name, pretrained, model_dir,
-                                                          ConnectionError(why)))
+        raise WeightsUnavailable(
+            _missing_weights_message(model_name, pretrained, model_dir, ConnectionError(why))
+        )
     return pretrained  # open_clip downloads it into its cache
 
 
@@ -124,7 +128,9 @@ def _hf_cached(cfg: dict[str, Any]) -> str | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    repo, _, fname = cfg["hf_hub"].rpartition("/") if not cfg["hf_hub"].endswith("/") else (hub, "", "")
+    repo, _, fname = (
+        cfg["hf_hub"].rpartition("/") if not cfg["hf_hub"].endswith("/") else (hub, "", "")
+    )
     names = [fname] if fname else list(CHECKPOINT_NAMES)
     for name in names:
         got = try_to_load_from_cache(repo or hub, name)
@@ -152,8 +158,9 @@ def _offline_reason() -> str | None:
 
 
 @functools.cache
-def _load(model_name: str, weights: str, tag: str, model_dir: str | None,
-          device: str) -> tuple[Any, Any, Any]:
+def _load(
+    model_name: str, weights: str, tag: str, model_dir: str | None, device: str
+) -> tuple[Any, Any, Any]:
     """Build model, eval transform and tokenizer once per process and arguments."""
     import open_clip
 
@@ -184,8 +191,13 @@ class OpenClipEmbedder:
 
     space = "clip"
 
-    def __init__(self, model_name: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k",
-                 model_dir: Path | None = None, device: str = "auto") -> None:
+    def __init__(
+        self,
+        model_name: str = "ViT-B-32",
+        pretrained: str = "laion2b_s34b_b79k",
+        model_dir: Path | None = None,
+        device: str = "auto",
+    ) -> None:
         self.model_name = model_name
         self.pretrained = pretrained
         self.model_dir = model_dir

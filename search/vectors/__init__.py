@@ -36,8 +36,9 @@ class VectorStore(Protocol):
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int: ...
 
-    def search(self, query: np.ndarray, k: int,
-               allow: Sequence[int] | None = None) -> list[list[tuple[int, float]]]:
+    def search(
+        self, query: np.ndarray, k: int, allow: Sequence[int] | None = None
+    ) -> list[list[tuple[int, float]]]:
         """For each query row, up to k (id, score) pairs, best first."""
         ...
 
@@ -59,8 +60,9 @@ class StoreLoader(Protocol):
 _FACTORIES: dict[str, tuple[Callable[..., VectorStore], Callable[..., VectorStore]]] = {}
 
 
-def register(name: str, create: Callable[..., VectorStore],
-             load: Callable[..., VectorStore]) -> None:
+def register(
+    name: str, create: Callable[..., VectorStore], load: Callable[..., VectorStore]
+) -> None:
     _FACTORIES[name] = (create, load)
 
 

@@ -51,8 +51,9 @@ class FaissStore:
             return 0
         return int(self.index.remove_ids(faiss.IDSelectorBatch(arr_ids)))
 
-    def search(self, query: np.ndarray, k: int,
-               allow: Sequence[int] | None = None) -> list[list[tuple[int, float]]]:
+    def search(
+        self, query: np.ndarray, k: int, allow: Sequence[int] | None = None
+    ) -> list[list[tuple[int, float]]]:
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, self.info.dim)
         n = self.index.ntotal
         if allow is not None:
@@ -63,7 +64,8 @@ class FaissStore:
             return [[] for _ in range(len(q))]
         params = None
         if allow is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allow_ids))
+            # faiss's SWIG constructor takes keyword fields; its stubs don't say so.
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allow_ids))  # type: ignore[call-arg]
         scores, labels = self.index.search(q, k, params=params)
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_s, strict=True) if i != -1]
@@ -83,13 +85,15 @@ class FaissStore:
 
     def save(self, path: Path) -> None:
         payload = faiss.serialize_index(self.index).tobytes()
-        header = json.dumps({
-            "format": FORMAT,
-            "model_id": self.info.model_id,
-            "dim": self.info.dim,
-            "count": self.count(),
-            "sha256": hashlib.sha256(payload).hexdigest(),
-        }).encode()
+        header = json.dumps(
+            {
+                "format": FORMAT,
+                "model_id": self.info.model_id,
+                "dim": self.info.dim,
+                "count": self.count(),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+            }
+        ).encode()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         try:
@@ -114,7 +118,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         head = fh.read(len(MAGIC) + 4)
         if len(head) < len(MAGIC) + 4 or head[: len(MAGIC)] != MAGIC:
             raise IndexUnusable(f"{path} is not an Everlook FAISS index")
-        n = int.from_bytes(head[len(MAGIC):], "big")
+        n = int.from_bytes(head[len(MAGIC) :], "big")
         try:
             header: dict[str, Any] = json.loads(fh.read(n))
         except ValueError as exc:
