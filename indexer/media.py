@@ -91,19 +91,24 @@ def read_file(path: str, limits: Limits) -> RawFile:
     with os.fdopen(fd, "rb", buffering=0) as fh:
         st = os.fstat(fd)
         h = hashlib.sha256()
-        buf = bytearray()
-        while True:
+        # One buffer of the expected size, filled in place and hashed chunk by chunk:
+        # no copies of a multi-megabyte photo on the hot path.
+        buf = bytearray(st.st_size + 1)  # +1: notice a file that grew since fstat
+        view = memoryview(buf)
+        got = 0
+        while got < len(buf):
             try:
-                chunk = fh.read(CHUNK)
+                n = fh.readinto(view[got : got + CHUNK])
             except OSError as exc:
                 raise MediaError(f"read error: {exc.strerror}") from exc
-            if not chunk:
+            if not n:
                 break
-            h.update(chunk)
-            buf += chunk
-            if len(buf) > limits.max_file_bytes:
-                raise MediaError("file grew past max_file_bytes while being read")
-    return RawFile(path, bytes(buf), h.hexdigest(), len(buf), st.st_mtime_ns)
+            h.update(view[got : got + n])
+            got += n
+        if got > st.st_size:
+            raise MediaError("file is still being written (it grew while being read)")
+        del view
+    return RawFile(path, bytes(buf[:got]), h.hexdigest(), got, st.st_mtime_ns)
 
 
 def _check_regular(st: os.stat_result, limits: Limits) -> None:
