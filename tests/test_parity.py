@@ -150,3 +150,26 @@ def test_draft_decoding_stays_within_the_stated_tolerance_on_vit_b_32():
         assert float(ea @ eb) >= 0.9995
         checked += drafted.size != full.size
     assert checked >= 2
+
+
+def test_a_local_copy_of_a_tagged_checkpoint_is_preprocessed_as_the_tag(tmp_path, monkeypatch):
+    """The openai tag needs QuickGELU; a local copy of its weights must get it too."""
+    import open_clip
+    import torch
+
+    from search.embedders.clip import OpenClipEmbedder
+
+    model, tag = "ViT-B-32", "openai"  # the tag that needs QuickGELU and OpenAI stats
+    dest = tmp_path / "open_clip" / model / tag
+    dest.mkdir(parents=True)
+    torch.manual_seed(0)
+    ref = open_clip.create_model(model, force_quick_gelu=True)
+    torch.save(ref.state_dict(), dest / "open_clip_model.pt")
+    emb = OpenClipEmbedder(model, tag, model_dir=tmp_path, device="cpu")
+    act = emb.model.transformer.resblocks[0].mlp.gelu
+    assert type(act).__name__ == "QuickGELU"
+    img = picture(3, (300, 200))
+    x = emb.preprocess(img)
+    with torch.no_grad():
+        want = ref.eval().encode_image(x.unsqueeze(0), normalize=True)[0].numpy()
+    assert float(emb.embed_images([img])[0] @ want) >= 0.99999

@@ -164,9 +164,18 @@ def _load(
     """Build model, eval transform and tokenizer once per process and arguments."""
     import open_clip
 
+    extra: dict[str, Any] = {}
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    if tag_cfg and weights != tag:
+        # A local copy of a tagged checkpoint (EVERLOOK_MODEL_DIR or the HF cache) must be
+        # preprocessed and run exactly as open_clip does for the tag itself.
+        for key in ("mean", "std", "interpolation", "resize_mode"):
+            if key in tag_cfg:
+                extra[f"image_{key}"] = tag_cfg[key]
+        extra["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=weights, device=device
+            model_name, pretrained=weights, device=device, **extra
         )
     except Exception as exc:
         if Path(weights).is_file():
