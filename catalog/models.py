@@ -127,3 +127,27 @@ class FileFailure(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class Job(Base):
+    """A queued piece of work for one path (the watcher's crash-safe queue).
+
+    One row per path: a burst of events on the same file coalesces into one job whose
+    due time moves forward. A job claimed by a worker that then died is released on
+    the next start.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    action: Mapped[str] = mapped_column(String(16))  # index | delete
+    due_at: Mapped[float] = mapped_column(Float, index=True)  # unix time
+    size: Mapped[int | None] = mapped_column(BigInteger)  # stat when last seen
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    closed: Mapped[bool] = mapped_column(default=False)  # writer closed it (inotify)
+    claimed: Mapped[bool] = mapped_column(default=False, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

@@ -148,6 +148,63 @@ def _print_summary(report: Any, elapsed: float) -> None:
 
 
 @app.command()
+def watch(
+    paths: Annotated[list[Path], typer.Argument(help="Folders to watch.")],
+    poll: Annotated[
+        bool | None,
+        typer.Option("--poll/--no-poll", help="Poll instead of inotify (network drives)."),
+    ] = None,
+    poll_interval: Annotated[
+        float | None, typer.Option("--poll-interval", min=0.05, help="Seconds between polls.")
+    ] = None,
+    quiet: Annotated[
+        float | None, typer.Option("--quiet", min=0.0, help="Seconds a file must stay unchanged.")
+    ] = None,
+) -> None:
+    """Index folders, then keep following them as files arrive, change, move and vanish."""
+    import signal
+
+    from indexer.scan import ScanRules
+    from indexer.watch import Watcher, WatchOptions, summary
+    from search.embedders.clip import WeightsUnavailable
+
+    for p in paths:
+        if not p.is_dir():
+            err.print(f"[red]error:[/red] not a folder: {p}")
+            raise typer.Exit(EXIT_USAGE)
+    logging.getLogger("everlook").setLevel(logging.INFO)
+    parts = _parts()
+    s = parts.settings
+    opts = WatchOptions(
+        quiet_seconds=s.watch_quiet_seconds if quiet is None else quiet,
+        poll=s.watch_poll if poll is None else poll,
+        poll_interval=s.watch_poll_interval if poll_interval is None else poll_interval,
+        batch_size=s.batch_size,
+    )
+    rules = ScanRules(s.include, s.exclude, s.include_hidden)
+    watcher = Watcher(parts.pipeline(rules), parts.catalog, [str(p) for p in paths], rules, opts)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logging.getLogger("everlook.watch").info(
+            "%s: finishing the current batch, then stopping", signal.Signals(signum).name
+        )
+        watcher.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        watcher.start()
+    except (WeightsUnavailable, ValueError) as exc:
+        watcher.close()
+        raise _fail_config(exc) from exc
+    logging.getLogger("everlook.watch").info(
+        "watching %s (%s); Ctrl-C to stop", ", ".join(map(str, paths)), watcher.mode
+    )
+    watcher.run_forever()
+    err.print(f"watch ended: {summary(watcher.totals)}")
+
+
+@app.command()
 def search(
     text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
     image: Annotated[

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     include_hidden: bool = Field(
         default=False, description="Also index hidden files and folders (dot-names)."
     )
+    watch_quiet_seconds: float = Field(
+        default=1.0, ge=0.0, le=3600, description="A file must be unchanged this long to be taken."
+    )
+    watch_poll: bool = Field(default=False, description="Poll instead of using inotify events.")
+    watch_poll_interval: float = Field(
+        default=2.0, gt=0.0, le=3600, description="Seconds between polls when polling."
+    )
     index_save_every: int = Field(
         default=2000, ge=1, description="Save the vector index after this many new vectors."
     )

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from catalog import Catalog, NewItem
+from catalog import Catalog, KnownPath, NewItem
 from indexer.media import Limits, MediaError, decode_image, read_file
-from indexer.scan import Found, Problem, ScanRules, scan
+from indexer.scan import Found, Problem, ScanRules, check_file, scan
 from search.embedders import Embedder
 from search.index_sync import VectorIndex
 
@@ -121,44 +121,99 @@ class Pipeline:
             out.error = f"unexpected error: {type(exc).__name__}: {exc}"
         return out
 
-    # ---- the run ---------------------------------------------------------------------
+    # ---- the runs --------------------------------------------------------------------
     def run(self, roots: Sequence[str], progress: ProgressFn | None = None) -> Report:
+        """Bring the catalog in step with everything under roots (a full scan)."""
         report = Report()
         roots = [os.path.abspath(r) for r in roots]
-        store = self.index.store  # opens and reconciles with the catalog first
-        self._embedded = set(
-            self.catalog.embedding_ids(self.embedder.space, self.embedder.model_id)
-        )
+        self._begin()
         known = self.catalog.known_paths(roots)
-
         todo: list[Found] = []
         seen: set[str] = set()
+        problems: list[tuple[str, str]] = []
         for got in scan(roots, self.opts.rules):
             seen.add(got.path)
             if isinstance(got, Problem):
-                report.failed.append((got.path, got.reason))
-                continue
-            report.scanned += 1
-            kp = known.get(got.path)
-            if (
-                kp is not None
-                and kp.size == got.size
-                and kp.mtime_ns == got.mtime_ns
-                and kp.item_id in self._embedded
-            ):
-                report.unchanged += 1
+                problems.append((got.path, got.reason))
             else:
-                todo.append(got)
+                self._sort(got, known, todo, report)
         gone = [p for p in known if p not in seen]
-        gone_items = {known[p].item_id for p in gone}
+        self._work(todo, known, {known[p].item_id for p in gone}, report, progress)
+        self._finish(problems, gone, report)
+        self.catalog.forget_failures_under(roots, keep=seen)
+        self.index.save()
+        return report
 
+    def run_files(self, paths: Sequence[str], removed_dirs: Sequence[str] = ()) -> Report:
+        """Index exactly these files (the watcher's batches): a path that no longer
+        exists is removed; removed_dirs drop every catalog path under them. The index
+        is not saved here; the caller decides when (saving is O(index size))."""
+        report = Report()
+        self._begin()
+        paths = [os.path.abspath(p) for p in paths]
+        known = self.catalog.known_paths(paths)
+        todo: list[Found] = []
+        problems: list[tuple[str, str]] = []
+        gone: list[str] = []
+        for path in paths:
+            got = check_file(path, self.opts.rules)
+            if got is None:
+                if path in known:
+                    gone.append(path)
+            elif isinstance(got, Problem):
+                problems.append((got.path, got.reason))
+            else:
+                self._sort(got, known, todo, report)
+        for folder in removed_dirs:
+            gone.extend(self.catalog.known_paths([os.path.abspath(folder)]))
+        gone_items = {known[p].item_id for p in gone if p in known}
+        self._work(todo, known, gone_items, report, None)
+        self._finish(problems, gone, report)
+        return report
+
+    def _begin(self) -> None:
+        _ = self.index.store  # opens the index and reconciles it with the catalog
+        self._embedded = set(
+            self.catalog.embedding_ids(self.embedder.space, self.embedder.model_id)
+        )
+
+    def _sort(
+        self, got: Found, known: dict[str, KnownPath], todo: list[Found], report: Report
+    ) -> None:
+        report.scanned += 1
+        kp = known.get(got.path)
+        if (kp is not None and kp.size == got.size and kp.mtime_ns == got.mtime_ns
+                and kp.item_id in self._embedded):  # fmt: skip
+            report.unchanged += 1
+        else:
+            todo.append(got)
+
+    def _finish(self, problems: list[tuple[str, str]], gone: list[str], report: Report) -> None:
+        if problems:
+            report.failed.extend(problems)
+            self.catalog.record_failures(problems)
+        removed_items = self.catalog.remove_paths(gone)
+        report.removed = len(gone)
+        removed_items += self.catalog.prune_orphans()
+        if removed_items:
+            self.index.store.remove(removed_items)
+
+    def _work(
+        self,
+        todo: list[Found],
+        known: dict[str, KnownPath],
+        gone_items: set[int],
+        report: Report,
+        progress: ProgressFn | None,
+    ) -> None:
+        """Decode in the pool, embed in batches, store each batch in one transaction."""
+        store = self.index.store
         attached: list[tuple[_Prepared, bool]] = []  # (result, path was known before)
         batch: list[_Prepared] = []
         added_since_save = 0
         draft_side = 2 * self.embedder.input_side if self.opts.draft else None
         workers = self.opts.workers or os.cpu_count() or 2
         window = 2 * self.opts.batch_size + workers
-        done = 0
 
         def flush() -> None:
             nonlocal added_since_save
@@ -185,6 +240,8 @@ class Pipeline:
                 self.index.save()
                 added_since_save = 0
 
+        if not todo:
+            return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             pending: deque[Future[_Prepared]] = deque()
             it = iter(todo)
@@ -192,6 +249,7 @@ class Pipeline:
                 pending.append(pool.submit(self._prepare, found, draft_side))
                 if len(pending) >= window:
                     break
+            done = 0
             while pending:
                 res = pending.popleft().result()
                 nxt = next(it, None)
@@ -210,18 +268,6 @@ class Pipeline:
                 if progress:
                     progress(done, len(todo))
             flush()
-
-        scan_failures = [(p, r) for p, r in report.failed if p not in {x.path for x in todo}]
-        if scan_failures:
-            self.catalog.record_failures(scan_failures)
-        removed_items = self.catalog.remove_paths(gone)
-        report.removed = len(gone)
-        removed_items += self.catalog.prune_orphans()
-        if removed_items:
-            store.remove(removed_items)
-        self.catalog.forget_failures_under(roots, keep=seen)
-        self.index.save()
-        return report
 
     def _flush_attached(
         self,

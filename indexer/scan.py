@@ -67,6 +67,12 @@ def _file(path: str, rules: ScanRules | None, explicit: bool = False) -> Found |
     return Found(path, st.st_size, st.st_mtime_ns)
 
 
+def check_file(path: str, rules: ScanRules | None = None) -> Found | Problem | None:
+    """One path as the scanner would see it; None when it does not exist (or is a
+    folder, or a name the rules do not want)."""
+    return _file(path, rules)
+
+
 def scan(roots: Sequence[str], rules: ScanRules) -> Iterator[Found | Problem]:
     """Yield every wanted file under roots (absolute paths), and every problem met.
 

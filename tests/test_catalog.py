@@ -30,7 +30,7 @@ def test_migrations_create_every_table_on_first_open(catalog: Catalog):
         "file_failures",
         "alembic_version",
     } <= tables
-    assert migrations.current(catalog.engine) == "0001"
+    assert migrations.current(catalog.engine) == "0002"
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(catalog: Catalog):
@@ -75,4 +75,4 @@ def test_upgrade_is_idempotent(tmp_path: Path):
     engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
     migrations.upgrade(engine)
     migrations.upgrade(engine)
-    assert migrations.current(engine) == "0001"
+    assert migrations.current(engine) == "0002"

@@ -23,6 +23,8 @@ from PIL import Image
 from search.embedders import register
 
 BUILTIN_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+# Weights shipped with Everlook (the offline demo model), laid out like EVERLOOK_MODEL_DIR.
+BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
 CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -46,16 +48,20 @@ def register_configs(model_dir: Path | None) -> None:
 
 
 def local_checkpoint(model_dir: Path | None, model_name: str, pretrained: str) -> Path | None:
-    if model_dir is None:
-        return None
-    folder = model_dir / "open_clip" / model_name / pretrained
-    if not folder.is_dir():
-        return None
-    for name in CHECKPOINT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
-    return found[0] if found else None
+    """A checkpoint under EVERLOOK_MODEL_DIR, else among the weights Everlook ships."""
+    for root in (model_dir, BUILTIN_MODELS):
+        if root is None:
+            continue
+        folder = root / "open_clip" / model_name / pretrained
+        if not folder.is_dir():
+            continue
+        for name in CHECKPOINT_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+        found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+        if found:
+            return found[0]
+    return None
 
 
 def _missing_weights_message(
@@ -239,14 +245,26 @@ class OpenClipEmbedder:
     def transform(self) -> Any:
         return self._ensure()[1]
 
+    def _config(self) -> dict[str, Any]:
+        import open_clip
+
+        register_configs(self.model_dir)
+        return open_clip.get_model_config(self.model_name) or {}
+
     @property
     def dim(self) -> int:
+        # From the model's config when it says, so opening an index or a catalog never
+        # has to load the weights.
+        if "embed_dim" in self._config():
+            return int(self._config()["embed_dim"])
         out = getattr(self.model.visual, "output_dim", None)
         return int(out) if out else int(self.embed_texts(["x"]).shape[1])
 
     @property
     def input_side(self) -> int:
-        size = self.model.visual.image_size
+        size = self._config().get("vision_cfg", {}).get("image_size")
+        if size is None:
+            size = self.model.visual.image_size
         return int(min(size) if isinstance(size, tuple | list) else size)
 
     def preprocess(self, image: Image.Image) -> Any:
