@@ -79,7 +79,7 @@ def index(
     """Index folders: new and changed files are embedded, moved files re-pointed,
     vanished files removed."""
     from indexer.scan import ScanRules
-    from search.embedders.clip import WeightsUnavailable
+    from search.embedders import ModelUnavailable
 
     for p in paths:
         if not p.exists() and not p.is_symlink():
@@ -94,7 +94,7 @@ def index(
     try:
         pipeline = parts.pipeline(rules)
         report = _run_with_progress(pipeline, [str(p) for p in paths], quiet=as_json)
-    except (WeightsUnavailable, ValueError) as exc:
+    except (ModelUnavailable, ValueError) as exc:
         raise _fail_config(exc) from exc
     elapsed = time.monotonic() - started
     if as_json:
@@ -166,7 +166,7 @@ def watch(
 
     from indexer.scan import ScanRules
     from indexer.watch import Watcher, WatchOptions, summary
-    from search.embedders.clip import WeightsUnavailable
+    from search.embedders import ModelUnavailable
 
     for p in paths:
         if not p.is_dir():
@@ -194,13 +194,16 @@ def watch(
     signal.signal(signal.SIGINT, on_signal)
     try:
         watcher.start()
-    except (WeightsUnavailable, ValueError) as exc:
+    except (ModelUnavailable, ValueError) as exc:
         watcher.close()
         raise _fail_config(exc) from exc
     logging.getLogger("everlook.watch").info(
         "watching %s (%s); Ctrl-C to stop", ", ".join(map(str, paths)), watcher.mode
     )
-    watcher.run_forever()
+    try:
+        watcher.run_forever()
+    except ModelUnavailable as exc:
+        raise _fail_config(exc) from exc
     err.print(f"watch ended: {summary(watcher.totals)}")
 
 
@@ -222,7 +225,7 @@ def search(
 ) -> None:
     """Search by text, by an image file (--image), or by an indexed item (--like)."""
     from indexer.media import MediaError, decode_image, read_file
-    from search.embedders.clip import WeightsUnavailable
+    from search.embedders import ModelUnavailable
 
     given = [x is not None for x in (text, image, like)]
     if sum(given) != 1:
@@ -245,7 +248,7 @@ def search(
             assert like is not None
             item_id = _resolve_item(parts, like)
             hits = engine.by_item(item_id, k, min_score)
-    except (WeightsUnavailable, LookupError) as exc:
+    except (ModelUnavailable, LookupError) as exc:
         raise _fail_config(exc) from exc
     if as_json:
         rows = [

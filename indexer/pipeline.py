@@ -24,7 +24,7 @@ import numpy as np
 from catalog import Catalog, KnownPath, NewItem
 from indexer.media import Limits, MediaError, decode_image, read_file
 from indexer.scan import Found, Problem, ScanRules, check_file, scan
-from search.embedders import Embedder
+from search.embedders import Embedder, ModelUnavailable
 from search.index_sync import VectorIndex
 
 
@@ -117,6 +117,8 @@ class Pipeline:
             )  # fmt: skip
         except MediaError as exc:
             out.error = str(exc)
+        except ModelUnavailable:
+            raise  # the model, not this file, is the problem: stop the run
         except Exception as exc:  # a decoder bug must not stop the run
             out.error = f"unexpected error: {type(exc).__name__}: {exc}"
         return out
@@ -210,6 +212,7 @@ class Pipeline:
         store = self.index.store
         attached: list[tuple[_Prepared, bool]] = []  # (result, path was known before)
         batch: list[_Prepared] = []
+        failures: list[tuple[str, str]] = []  # recorded with the batch: one transaction
         added_since_save = 0
         draft_side = 2 * self.embedder.input_side if self.opts.draft else None
         workers = self.opts.workers or os.cpu_count() or 2
@@ -236,6 +239,9 @@ class Pipeline:
                 added_since_save += len(batch)
                 batch.clear()
             self._flush_attached(attached, known, gone_items, report)
+            if failures:
+                self.catalog.record_failures(failures)
+                failures.clear()
             if added_since_save >= self.opts.save_every:
                 self.index.save()
                 added_since_save = 0
@@ -258,12 +264,12 @@ class Pipeline:
                 done += 1
                 if res.error is not None:
                     report.failed.append((res.found.path, res.error))
-                    self.catalog.record_failures([(res.found.path, res.error)])
+                    failures.append((res.found.path, res.error))
                 elif res.attach:
                     attached.append((res, res.found.path in known))
                 else:
                     batch.append(res)
-                if len(batch) >= self.opts.batch_size:
+                if len(batch) >= self.opts.batch_size or len(failures) >= 500:
                     flush()
                 if progress:
                     progress(done, len(todo))

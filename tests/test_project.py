@@ -60,3 +60,37 @@ def test_ci_runs_the_readme_test_command_and_nothing_else():
     lines = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()]
     commands = [ln for ln in lines if ln and not ln.startswith(("#", "set ", "cd "))]
     assert commands == ["make test"]
+
+
+def test_opening_catalog_and_index_does_not_import_torch(tmp_path):
+    """The watcher and `stats` must not pay torch's ~500 MB until a model is needed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from everlook.settings import Settings\n"
+        "from everlook.wiring import Parts\n"
+        "p = Parts(Settings())\n"
+        "assert p.embedder.dim == 512 and p.embedder.input_side == 224\n"
+        "p.index.open()\n"
+        "p.pipeline().run([sys.argv[1]])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'open_clip' not in sys.modules, 'open_clip was imported'\n"
+    )
+    env = {
+        **__import__("os").environ,
+        "EVERLOOK_HOME": str(tmp_path / "home"),
+        "EVERLOOK_CLIP_MODEL": "ViT-B-32",
+        "EVERLOOK_CLIP_PRETRAINED": "laion2b_s34b_b79k",
+    }
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "placeholder.jpg").touch()  # fails before any decoding
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "lib")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr

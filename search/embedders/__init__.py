@@ -13,6 +13,11 @@ import numpy as np
 from PIL import Image
 
 
+class ModelUnavailable(RuntimeError):
+    """The model cannot be loaded (weights missing, unknown name): a configuration
+    problem that stops the run, never a per-file failure."""
+
+
 @runtime_checkable
 class Embedder(Protocol):
     space: str  # the vector space this embedder writes to ("clip", ...)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search.embedders import register
+from search.embedders import ModelUnavailable, register
 
 BUILTIN_CONFIGS = Path(__file__).resolve().parent / "model_configs"
 # Weights shipped with Everlook (the offline demo model), laid out like EVERLOOK_MODEL_DIR.
@@ -29,7 +29,7 @@ CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(ModelUnavailable):
     """The weights for a model cannot be found locally nor downloaded."""
 
 
@@ -98,7 +98,7 @@ def resolve_weights(model_name: str, pretrained: str, model_dir: Path | None) ->
     register_configs(model_dir)
     if model_name not in open_clip.list_models():
         some = ", ".join(open_clip.list_models()[:12])
-        raise ValueError(f"unknown open_clip model {model_name!r}; known: {some}...")
+        raise ModelUnavailable(f"unknown open_clip model {model_name!r}; known: {some}...")
     if Path(pretrained).expanduser().is_file():
         return str(Path(pretrained).expanduser())
     local = local_checkpoint(model_dir, model_name, pretrained)
@@ -193,10 +193,34 @@ def _load(
     return model, preprocess, tokenizer
 
 
+def read_model_config(model_name: str, model_dir: Path | None) -> dict[str, Any]:
+    """The model's open_clip config JSON, read without importing open_clip or torch.
+
+    Importing torch costs about 500 MB of resident memory (CUDA builds), so parts that
+    only need the dimension or input size (opening an index, a watcher with nothing new
+    to embed) must not pay it.
+    """
+    import importlib.util
+    import json
+
+    folders = [BUILTIN_CONFIGS]
+    if model_dir is not None:
+        folders.append(model_dir / "open_clip_configs")
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        folders.append(Path(next(iter(spec.submodule_search_locations))) / "model_configs")
+    for folder in folders:
+        path = folder / f"{model_name}.json"
+        if path.is_file():
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
+    return {}
+
+
 def _pick_device(device: str) -> str:
     if device != "auto":
         return device
-    import torch
+    import torch  # only when the model loads: see read_model_config
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -216,9 +240,11 @@ class OpenClipEmbedder:
         self.model_name = model_name
         self.pretrained = pretrained
         self.model_dir = model_dir
-        self.device = _pick_device(device)
+        self.requested_device = device
+        self.device = device  # "auto" is resolved when the model loads
         self._lock = threading.Lock()
         self._parts: tuple[Any, Any, Any] | None = None
+        self._cfg: dict[str, Any] | None = None
 
     @property
     def model_id(self) -> str:
@@ -234,6 +260,7 @@ class OpenClipEmbedder:
                 if self._parts is None:
                     weights = resolve_weights(self.model_name, self.pretrained, self.model_dir)
                     md = str(self.model_dir) if self.model_dir else None
+                    self.device = _pick_device(self.requested_device)
                     self._parts = _load(self.model_name, weights, self.pretrained, md, self.device)
         return self._parts
 
@@ -246,10 +273,9 @@ class OpenClipEmbedder:
         return self._ensure()[1]
 
     def _config(self) -> dict[str, Any]:
-        import open_clip
-
-        register_configs(self.model_dir)
-        return open_clip.get_model_config(self.model_name) or {}
+        if self._cfg is None:
+            self._cfg = read_model_config(self.model_name, self.model_dir)
+        return self._cfg
 
     @property
     def dim(self) -> int:
@@ -273,9 +299,10 @@ class OpenClipEmbedder:
     def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
         import torch
 
+        model = self.model  # loads first, which settles self.device
         x = torch.stack(list(batch)).to(self.device)
         with torch.inference_mode():
-            feats = self.model.encode_image(x, normalize=True)
+            feats = model.encode_image(x, normalize=True)
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
