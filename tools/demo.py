@@ -1,90 +1,99 @@
-"""`make demo`: build a small picture library, index it, and run a few queries.
+"""`make demo`: try Everlook offline with its own small model, `everlook-demo`.
 
-The library is generated here (coloured shapes on plain and textured backgrounds) plus,
-when present, the real photos in ../shared/data/media/images. It lives in
-$EVERLOOK_HOME/demo-library. Queries use whatever CLIP model the settings name (default
-ViT-B-32 / laion2b_s34b_b79k): online, open_clip downloads its weights on first use;
-offline, Everlook prints which file to put where and the demo stops with exit code 2.
+Generates a library of a few hundred pictures (coloured shapes, and artworks in five
+styles) under $EVERLOOK_HOME/demo/library, indexes it with `everlook-demo` into a
+catalog of its own ($EVERLOOK_HOME/demo, so your real catalog is not touched), then
+runs text, image and --like queries and prints what they return.
+
+everlook-demo is a toy: it was trained on this synthetic world only and knows colours,
+shapes, counts and five drawing styles, nothing about real photos. For real searches use
+real CLIP weights (the default ViT-B-32; see the README).
 """
 
 from __future__ import annotations
 
+import os
 import random
-import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data" / "media" / "images"
-COLOURS = {
-    "red": (215, 35, 35), "green": (40, 160, 60), "blue": (35, 70, 210),
-    "yellow": (235, 205, 40), "purple": (130, 50, 160), "orange": (240, 130, 30),
-}  # fmt: skip
-SHAPES = ("circle", "square", "triangle")
+sys.path.insert(0, str(REPO))
+
+from tools import synthworld  # noqa: E402
+
+FORMATS = ("jpg", "png", "webp")
 
 
-def shape_picture(rng: random.Random, colour: str, shape: str) -> Image.Image:
-    bg = tuple(rng.randrange(150, 250) for _ in range(3))
-    img = Image.new("RGB", (320, 240), bg)
-    d = ImageDraw.Draw(img)
-    r = rng.randrange(40, 90)
-    cx, cy = rng.randrange(r, 320 - r), rng.randrange(r, 240 - r)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape == "square":
-        d.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return img
+def build_library(root: Path, per_pair: int = 5, per_style: int = 12) -> int:
+    """Write the demo pictures (idempotent: existing files are kept). Returns the count."""
+    n = 0
+    pairs = [(c, s) for c in synthworld.COLOURS for s in synthworld.SHAPES]
+    for i in range(per_pair * len(pairs)):
+        colour, shape = pairs[i % len(pairs)]
+        seed = 50_000_000 + i
+        rng = random.Random(seed)
+        scene = synthworld.random_scene(rng, shape=shape, colour=colour)
+        n += _write(root / "pictures", scene, seed, rng, i)
+    for k, style in enumerate(synthworld.STYLES):
+        for i in range(per_style):
+            seed = 60_000_000 + k * 1000 + i
+            rng = random.Random(seed)
+            scene = synthworld.random_scene(rng, style=style, allow_held_out=True)
+            n += _write(root / "artworks", scene, seed, rng, i)
+    return n
 
 
-def build_library(root: Path) -> Path:
-    rng = random.Random(1234)
-    for colour in COLOURS:
-        for shape in SHAPES:
-            for i in range(8):
-                path = root / "shapes" / shape / f"{colour}-{shape}-{i}.jpg"
-                if not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    shape_picture(rng, colour, shape).save(path, quality=90)
-    if SHARED.is_dir():
-        for src in sorted(SHARED.iterdir()):
-            dest = root / "photos" / src.name
-            if not dest.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(src, dest)
-    return root
-
-
-def everlook(*args: str) -> int:
-    print(f"\n$ everlook {' '.join(args)}", flush=True)
-    return subprocess.call([sys.executable, "-m", "everlook", *args])
+def _write(folder: Path, scene: synthworld.Scene, seed: int, rng: random.Random, i: int) -> int:
+    style = f"{scene.style.replace(' ', '-')}-" if scene.style else ""
+    name = f"{style}{scene.count}-{scene.colour}-{synthworld.plural(scene.shape, scene.count)}"
+    path = folder / f"{name}-{i:03d}.{FORMATS[i % len(FORMATS)]}"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        synthworld.render(scene, seed, side=rng.choice((192, 256, 320))).save(path)
+    return 1
 
 
 def main() -> int:
-    sys.path.insert(0, str(REPO))
     from everlook.settings import Settings
 
-    home = Settings().home
-    lib = build_library(home / "demo-library")
-    print(f"demo library: {lib} ({sum(1 for p in lib.rglob('*') if p.is_file())} files)")
-    code = everlook("index", str(lib))
-    if code == 2:
-        return 2
-    first = next(iter(sorted((lib / "shapes" / "circle").glob("red-*.jpg"))))
+    base = Settings().home / "demo"
+    env = {**os.environ, "EVERLOOK_HOME": str(base), "EVERLOOK_CLIP_MODEL": "everlook-demo",
+           "EVERLOOK_CLIP_PRETRAINED": "v1"}  # fmt: skip
+    lib = base / "library"
+    t0 = time.time()
+    n = build_library(lib)
+    query = base / "queries" / "green-square.png"
+    query.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    synthworld.render(synthworld.random_scene(rng, shape="square", colour="green"), 7).save(query)
+    print(f"demo library: {n} pictures in {lib} ({time.time() - t0:.0f}s)")
+    print("model: everlook-demo, a toy CLIP trained on these synthetic pictures only\n")
+
+    def everlook(*args: str) -> int:
+        print(f"$ everlook {' '.join(args)}", flush=True)
+        code = subprocess.call([sys.executable, "-m", "everlook", *args], env=env)
+        print(flush=True)
+        return code
+
+    if everlook("index", str(lib)) != 0:
+        return 1
+    like = sorted((lib / "pictures").glob("3-yellow-stars-*"))[0]
     for args in (
         ("search", "a red circle", "-k", "5"),
-        ("search", "a photo of a cat", "-k", "5"),
-        ("search", "--image", str(first), "-k", "5"),
-        ("search", "--like", str(first), "-k", "5"),
+        ("search", "three small blue stars on a black background", "-k", "5"),
+        ("search", "a mosaic artwork", "-k", "5"),
+        ("search", "--image", str(query), "-k", "5"),
+        ("search", "--like", str(like), "-k", "5"),
         ("stats",),
     ):
         if everlook(*args) != 0:
             return 1
+    print(f"Done in {time.time() - t0:.0f}s. Try your own queries with "
+          f"EVERLOOK_HOME={base} EVERLOOK_CLIP_MODEL=everlook-demo EVERLOOK_CLIP_PRETRAINED=v1 "
+          f".venv/bin/everlook search \"...\"")  # fmt: skip
     return 0
 
 

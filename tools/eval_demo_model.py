@@ -1,0 +1,141 @@
+"""Evaluate `everlook-demo` on held-out synthetic pictures; one figure per line.
+
+Loads the model exactly as Everlook does (OpenClipEmbedder: open_clip config registry,
+weights resolution, open_clip's transform). Held-out pictures use seeds training never
+touches (synthworld.EVAL_SEED_BASE and up).
+
+  recall@1, recall@5   text->image for "<colour> <shape>" queries over pairs seen in
+                       training: fraction of queries with a matching picture in the top K
+  shape_accuracy       zero-shot: each picture against "a photo of a <shape>" prompts
+  style_accuracy       zero-shot: each artwork against "a <style> artwork" prompts
+  unseen_recall@1/@5   the same recall for colour-shape pairs never seen in training
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tools import synthworld  # noqa: E402
+
+BARS = {"recall@1": 0.90, "recall@5": 0.98, "shape_accuracy": 0.95, "style_accuracy": 0.90}
+
+
+def held_out_pictures(n: int, side_choices: tuple[int, ...] = (96, 128, 256)):
+    """n object pictures cycling through every colour-shape pair (seen and unseen)."""
+    pairs = [(c, s) for c in synthworld.COLOURS for s in synthworld.SHAPES]
+    out = []
+    for i in range(n):
+        seed = synthworld.EVAL_SEED_BASE + i
+        rng = random.Random(seed)
+        colour, shape = pairs[i % len(pairs)]
+        scene = synthworld.random_scene(rng, shape=shape, colour=colour)
+        out.append((synthworld.render(scene, seed, rng.choice(side_choices)), scene))
+    return out
+
+
+def held_out_artworks(per_style: int):
+    out = []
+    for k, style in enumerate(synthworld.STYLES):
+        for i in range(per_style):
+            seed = synthworld.EVAL_SEED_BASE + 500_000 + k * 10_000 + i
+            rng = random.Random(seed)
+            scene = synthworld.random_scene(rng, style=style, allow_held_out=True)
+            out.append((synthworld.render(scene, seed, rng.choice((128, 256))), scene))
+    return out
+
+
+def embed(embedder, images) -> np.ndarray:
+    vecs = [embedder.embed_images(images[i : i + 64]) for i in range(0, len(images), 64)]
+    return np.concatenate(vecs)
+
+
+def recall(sim: np.ndarray, queries: list[tuple[str, str]], scenes, k: int) -> float:
+    hits = 0
+    for qi, (colour, shape) in enumerate(queries):
+        top = np.argsort(-sim[qi])[:k]
+        hits += any(scenes[j].colour == colour and scenes[j].shape == shape for j in top)
+    return hits / len(queries)
+
+
+def evaluate(
+    model_dir_override: Path | None = None,
+    n: int = 576,
+    per_style: int = 60,
+    model: str = "everlook-demo",
+    tag: str = "v1",
+) -> dict[str, float]:
+    from search.embedders.clip import OpenClipEmbedder
+
+    t0 = time.time()
+    pretrained = tag
+    if model_dir_override is not None:
+        pretrained = str(model_dir_override / "open_clip_model.safetensors")
+    emb = OpenClipEmbedder(model, pretrained, device="cpu")
+    pics = held_out_pictures(n)
+    arts = held_out_artworks(per_style)
+    img_vecs = embed(emb, [p for p, _ in pics])
+    scenes = [s for _, s in pics]
+
+    pairs = [(c, s) for c in synthworld.COLOURS for s in synthworld.SHAPES]
+    seen = [p for p in pairs if p not in synthworld.HELD_OUT_PAIRS]
+    unseen = [p for p in pairs if p in synthworld.HELD_OUT_PAIRS]
+    q_seen = emb.embed_texts([f"a {c} {s}" for c, s in seen]) @ img_vecs.T
+    q_unseen = emb.embed_texts([f"a {c} {s}" for c, s in unseen]) @ img_vecs.T
+
+    shape_txt = emb.embed_texts([f"a photo of a {s}" for s in synthworld.SHAPES])
+    shape_pred = np.argmax(img_vecs @ shape_txt.T, axis=1)
+    shape_acc = float(
+        np.mean([synthworld.SHAPES[p] == s.shape for p, s in zip(shape_pred, scenes, strict=True)])
+    )
+
+    art_vecs = embed(emb, [a for a, _ in arts])
+    style_txt = emb.embed_texts([f"a {s} artwork" for s in synthworld.STYLES])
+    style_pred = np.argmax(art_vecs @ style_txt.T, axis=1)
+    style_acc = float(
+        np.mean(
+            [synthworld.STYLES[p] == s.style for p, (_, s) in zip(style_pred, arts, strict=True)]
+        )
+    )
+
+    res = {
+        "recall@1": recall(q_seen, seen, scenes, 1),
+        "recall@5": recall(q_seen, seen, scenes, 5),
+        "shape_accuracy": shape_acc,
+        "style_accuracy": style_acc,
+        "unseen_recall@1": recall(q_unseen, unseen, scenes, 1),
+        "unseen_recall@5": recall(q_unseen, unseen, scenes, 5),
+    }
+    print(
+        f"evaluated {len(pics)} held-out pictures and {len(arts)} artworks "
+        f"with {emb.model_id} in {time.time() - t0:.0f}s"
+    )
+    for name, value in res.items():
+        bar = BARS.get(name)
+        verdict = (
+            "" if bar is None else f"  (bar >= {bar:.2f}: {'ok' if value >= bar else 'MISSED'})"
+        )
+        print(f"{name} {value:.4f}{verdict}")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=576, help="held-out object pictures (>= 500)")
+    ap.add_argument("--per-style", type=int, default=60)
+    ap.add_argument("--checkpoint-dir", type=Path, default=None)
+    args = ap.parse_args()
+    res = evaluate(args.checkpoint_dir, args.images, args.per_style)
+    sys.exit(0 if all(res[k] >= v for k, v in BARS.items()) else 1)
+
+
+if __name__ == "__main__":
+    main()
