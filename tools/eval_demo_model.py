@@ -6,7 +6,9 @@ touches (synthworld.EVAL_SEED_BASE and up).
 
   recall@1, recall@5   text->image for "<colour> <shape>" queries over pairs seen in
                        training: fraction of queries with a matching picture in the top K
-  shape_accuracy       zero-shot: each picture against "a photo of a <shape>" prompts
+  shape_accuracy       zero-shot: each picture against the six shapes, each shape being
+                       the mean of 7 prompt templates (CLIP's prompt ensembling);
+                       shape_accuracy_single_prompt uses "a photo of a <shape>" alone
   style_accuracy       zero-shot: each artwork against "a <style> artwork" prompts
   unseen_recall@1/@5   the same recall for colour-shape pairs never seen in training
 """
@@ -58,6 +60,25 @@ def embed(embedder, images) -> np.ndarray:
     return np.concatenate(vecs)
 
 
+# Zero-shot classification as CLIP evaluates it: each class is the mean embedding of a
+# fixed set of prompt templates (a "prompt ensemble"). The first template alone is also
+# reported.
+SHAPE_TEMPLATES = ("a photo of a {shape}", "a picture of a {shape}", "an image of a {shape}",
+                   "a {shape}", "one {shape}", "two {shapes}", "three {shapes}")  # fmt: skip
+
+
+def zero_shot(img_vecs: np.ndarray, scenes, emb, templates) -> float:
+    classes = []
+    for shape in synthworld.SHAPES:
+        texts = [t.format(shape=shape, shapes=synthworld.plural(shape, 2)) for t in templates]
+        mean = emb.embed_texts(texts).mean(axis=0)
+        classes.append(mean / np.linalg.norm(mean))
+    pred = np.argmax(img_vecs @ np.stack(classes).T, axis=1)
+    return float(
+        np.mean([synthworld.SHAPES[p] == s.shape for p, s in zip(pred, scenes, strict=True)])
+    )
+
+
 def recall(sim: np.ndarray, queries: list[tuple[str, str]], scenes, k: int) -> float:
     hits = 0
     for qi, (colour, shape) in enumerate(queries):
@@ -91,11 +112,8 @@ def evaluate(
     q_seen = emb.embed_texts([f"a {c} {s}" for c, s in seen]) @ img_vecs.T
     q_unseen = emb.embed_texts([f"a {c} {s}" for c, s in unseen]) @ img_vecs.T
 
-    shape_txt = emb.embed_texts([f"a photo of a {s}" for s in synthworld.SHAPES])
-    shape_pred = np.argmax(img_vecs @ shape_txt.T, axis=1)
-    shape_acc = float(
-        np.mean([synthworld.SHAPES[p] == s.shape for p, s in zip(shape_pred, scenes, strict=True)])
-    )
+    shape_acc = zero_shot(img_vecs, scenes, emb, SHAPE_TEMPLATES)
+    shape_acc_single = zero_shot(img_vecs, scenes, emb, SHAPE_TEMPLATES[:1])
 
     art_vecs = embed(emb, [a for a, _ in arts])
     style_txt = emb.embed_texts([f"a {s} artwork" for s in synthworld.STYLES])
@@ -110,6 +128,7 @@ def evaluate(
         "recall@1": recall(q_seen, seen, scenes, 1),
         "recall@5": recall(q_seen, seen, scenes, 5),
         "shape_accuracy": shape_acc,
+        "shape_accuracy_single_prompt": shape_acc_single,
         "style_accuracy": style_acc,
         "unseen_recall@1": recall(q_unseen, unseen, scenes, 1),
         "unseen_recall@5": recall(q_unseen, unseen, scenes, 5),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
+SHAPES = ("circle", "square", "triangle", "star", "moon", "cross")
 PLURAL = {"cross": "crosses"}
 COLOURS = {
     "red": (210, 30, 35), "orange": (245, 135, 20), "yellow": (240, 215, 30),
@@ -35,7 +35,7 @@ STYLES = ("stippled", "striped", "mosaic", "watercolour", "line art")
 SIZES = {"small": (0.13, 0.16), "medium": (0.17, 0.21), "large": (0.22, 0.27)}
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 # Colour-shape pairs never shown in training, to measure generalisation (no bar).
-HELD_OUT_PAIRS = frozenset({("pink", "star"), ("green", "triangle"), ("brown", "hexagon"),
+HELD_OUT_PAIRS = frozenset({("pink", "star"), ("green", "triangle"), ("brown", "moon"),
                             ("blue", "cross")})  # fmt: skip
 EVAL_SEED_BASE = 10_000_000  # training seeds stay below this
 
@@ -143,7 +143,10 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     if shape == "hexagon":
         return ring(6, r)
     if shape == "star":
-        outer, inner = ring(5, r * 1.2, -math.pi / 2), ring(5, r * 0.5, -math.pi / 2 + math.pi / 5)
+        outer, inner = (
+            ring(5, r * 1.25, -math.pi / 2),
+            ring(5, r * 0.42, -math.pi / 2 + math.pi / 5),
+        )
         return [p for pair in zip(outer, inner, strict=True) for p in pair]
     if shape == "cross":
         a, b = r, r * 0.36
@@ -190,6 +193,15 @@ def render(scene: Scene, seed: int, side: int = 128) -> Image.Image:
                 break
         placed.append((cx, cy, r))
         angle = rng.uniform(-0.3, 0.3)
+        if scene.shape == "moon":  # a crescent: a disc with an offset disc cut out
+            obj = Image.new("L", img.size, 0)
+            od = ImageDraw.Draw(obj)
+            od.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+            ox, oy = cx + 0.5 * r * math.cos(angle * 5), cy + 0.5 * r * math.sin(angle * 5)
+            od.ellipse((ox - 0.85 * r, oy - 0.85 * r, ox + 0.85 * r, oy + 0.85 * r), fill=0)
+            img.paste(fill, mask=obj)
+            mask.paste(255, mask=obj)
+            continue
         for d, f in ((draw, fill), (mdraw, 255)):
             if scene.shape == "circle":
                 d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=f)
