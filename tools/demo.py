@@ -83,7 +83,7 @@ def main() -> int:
     like = sorted((lib / "pictures").glob("3-yellow-stars-*"))[0]
     for args in (
         ("search", "a red circle", "-k", "5"),
-        ("search", "three small blue stars on a black background", "-k", "5"),
+        ("search", "there are three yellow stars", "-k", "5"),
         ("search", "a mosaic artwork", "-k", "5"),
         ("search", "--image", str(query), "-k", "5"),
         ("search", "--like", str(like), "-k", "5"),
