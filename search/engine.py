@@ -33,8 +33,9 @@ class SearchEngine:
         min_score: float | None = None,
         exclude: Sequence[int] = (),
     ) -> list[Hit]:
-        raw = self.index.store.search(vector.reshape(1, -1), k + len(exclude))[0]
-        pairs = [(i, s) for i, s in raw if i not in set(exclude)][:k]
+        skip = set(exclude)
+        raw = self.index.store.search(vector.reshape(1, -1), k + len(skip))[0]
+        pairs = [(i, s) for i, s in raw if i not in skip][:k]
         if min_score is not None:
             pairs = [(i, s) for i, s in pairs if s >= min_score]
         paths = self.catalog.paths_for([i for i, _ in pairs])
