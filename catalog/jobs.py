@@ -9,6 +9,7 @@ from sqlalchemy import Engine, delete, func, select, update
 
 from catalog.db import make_sessionmaker
 from catalog.models import FilePath, Job
+from catalog.queries import move_prefix
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,7 @@ class JobQueue:
     def rename(self, src: str, dest: str) -> None:
         """Follow a move: queued work for src (or under src/) now belongs to dest."""
         with self.Session.begin() as s:
-            for job in s.scalars(select(Job).where(
-                (Job.path == src) | Job.path.startswith(src.rstrip("/") + "/", autoescape=True)
-            )):  # fmt: skip
-                new = dest + job.path[len(src) :]
-                s.execute(delete(Job).where(Job.path == new))
-                job.path = new
+            move_prefix(s, Job, src, dest)
 
     def claim(self, now: float, limit: int) -> list[Claimed]:
         with self.Session.begin() as s:
@@ -108,15 +104,5 @@ class JobQueue:
 
 def rename_paths(engine: Engine, src: str, dest: str) -> int:
     """Move catalog paths from src (a file or folder) to dest without touching items."""
-    Session = make_sessionmaker(engine)
-    prefix = src.rstrip("/") + "/"
-    n = 0
-    with Session.begin() as s:
-        under = FilePath.path.startswith(prefix, autoescape=True)
-        rows = s.scalars(select(FilePath).where((FilePath.path == src) | under))
-        for row in rows:
-            new = dest + row.path[len(src) :]
-            s.execute(delete(FilePath).where(FilePath.path == new))
-            row.path = new
-            n += 1
-    return n
+    with make_sessionmaker(engine).begin() as s:
+        return move_prefix(s, FilePath, src, dest)

@@ -50,6 +50,23 @@ class NewItem:
     dim: int = 0
 
 
+def at_or_under(column: Any, path: str) -> Any:
+    """SQL test: column names path itself, or something inside the folder path."""
+    return (column == path) | column.startswith(path.rstrip("/") + "/", autoescape=True)
+
+
+def move_prefix(s: Session, model: Any, src: str, dest: str) -> int:
+    """Re-point rows of model (anything with a unique .path) from src, or from under the
+    folder src, to the same place under dest; a row already at the target gives way."""
+    n = 0
+    for row in s.scalars(select(model).where(at_or_under(model.path, src))):
+        new = dest + row.path[len(src) :]
+        s.execute(delete(model).where(model.path == new))
+        row.path = new
+        n += 1
+    return n
+
+
 def _chunks(seq: Sequence[Any], n: int = 500) -> Iterator[Sequence[Any]]:
     # SQLite caps bound parameters per statement; keep IN lists well under the cap.
     for i in range(0, len(seq), n):
@@ -66,11 +83,8 @@ class Catalog:
         out: dict[str, KnownPath] = {}
         with self.Session() as s:
             for root in roots:
-                prefix = root.rstrip("/") + "/"
                 stmt = select(FilePath.path, FilePath.item_id, FilePath.size, FilePath.mtime_ns)
-                stmt = stmt.where(
-                    (FilePath.path == root) | FilePath.path.startswith(prefix, autoescape=True)
-                )
+                stmt = stmt.where(at_or_under(FilePath.path, root))
                 for p, item_id, size, mtime in s.execute(stmt):
                     out[p] = KnownPath(p, item_id, size, mtime)
         return out
@@ -276,11 +290,7 @@ class Catalog:
         """Drop failure rows under roots whose file is gone (not in keep)."""
         with self.Session.begin() as s:
             for root in roots:
-                prefix = root.rstrip("/") + "/"
-                stmt = select(FileFailure.path).where(
-                    (FileFailure.path == root)
-                    | FileFailure.path.startswith(prefix, autoescape=True)
-                )
+                stmt = select(FileFailure.path).where(at_or_under(FileFailure.path, root))
                 gone = [p for p in s.scalars(stmt) if p not in keep]
                 for chunk in _chunks(gone):
                     s.execute(delete(FileFailure).where(FileFailure.path.in_(chunk)))
