@@ -175,6 +175,9 @@ class Pipeline:
 
     def _begin(self) -> None:
         _ = self.index.store  # opens the index and reconciles it with the catalog
+        # Duplicate detection is per run: content seen in an earlier run may have been
+        # deleted since, and a watcher's pipeline lives for weeks.
+        self._claimed = set()
         self._embedded = set(
             self.catalog.embedding_ids(self.embedder.space, self.embedder.model_id)
         )

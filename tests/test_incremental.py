@@ -166,3 +166,19 @@ def test_a_new_model_re_embeds_items_it_has_not_seen(parts, tmp_path: Path, mode
     assert n == 3 and report.failed == []
     assert parts2.catalog.embedding_ids("clip", "open_clip/everlook-tiny/seed1")
     assert parts2.index.store.count() == 3
+
+
+def test_content_deleted_then_added_back_is_indexed_again_by_the_same_pipeline(parts, tmp_path):
+    """A long-lived pipeline (the watcher's) must not remember content across runs."""
+    lib = tmp_path / "lib"
+    files = make_library(lib, 2)
+    pipeline = parts.pipeline()
+    pipeline.run([str(lib)])
+    data = files[0].read_bytes()
+    files[0].unlink()
+    assert pipeline.run_files([str(files[0])]).removed == 1
+    files[0].write_bytes(data)
+    report = pipeline.run_files([str(files[0])])
+    assert (report.new, report.failed) == (1, [])
+    assert parts.catalog.item_id_for_path(str(files[0])) is not None
+    consistent(parts)
