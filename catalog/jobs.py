@@ -55,9 +55,10 @@ class JobQueue:
             job.closed = closed
             job.claimed = False  # new evidence: the claim's view of the file is stale
 
-    def mark_closed(self, path: str) -> None:
+    def mark_closed(self, path: str, due_at: float) -> None:
+        """The writer closed the file: it is due once quiet from now (its last write)."""
         with self.Session.begin() as s:
-            s.execute(update(Job).where(Job.path == path).values(closed=True))
+            s.execute(update(Job).where(Job.path == path).values(closed=True, due_at=due_at))
 
     def rename(self, src: str, dest: str) -> None:
         """Follow a move: queued work for src (or under src/) now belongs to dest."""
@@ -80,12 +81,14 @@ class JobQueue:
         with self.Session.begin() as s:
             s.execute(delete(Job).where(Job.id.in_(list(ids)), Job.claimed.is_(True)))
 
-    def reschedule(
-        self, job_id: int, due_at: float, size: int | None, mtime_ns: int | None
-    ) -> None:
+    def reschedule(self, job_id: int, due_at: float, size: int | None, mtime_ns: int | None,
+                   closed: bool | None = None) -> None:  # fmt: skip
+        values: dict[str, object] = {"claimed": False, "due_at": due_at, "size": size,
+                                     "mtime_ns": mtime_ns}  # fmt: skip
+        if closed is not None:
+            values["closed"] = closed
         with self.Session.begin() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(
-                claimed=False, due_at=due_at, size=size, mtime_ns=mtime_ns))  # fmt: skip
+            s.execute(update(Job).where(Job.id == job_id).values(**values))
 
     def release_claimed(self) -> int:
         """After a crash: claimed jobs nobody is working on go back to the queue."""

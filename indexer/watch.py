@@ -120,7 +120,7 @@ class Watcher:
         now = time.time()
         src = os.fsdecode(event.src_path)
         if isinstance(event, FileClosedEvent):
-            self.queue.mark_closed(src)
+            self.queue.mark_closed(src, now + self.opts.quiet_seconds)
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
             if self.wanted(src):
                 self._queue_file(src, now, closed=False)
@@ -267,11 +267,14 @@ class Watcher:
                                   st.st_mtime_ns)  # fmt: skip
             return False
         if self.mode == "inotify" and not job.closed:
-            waited = now - job.due_at + self.opts.quiet_seconds
-            if waited < self.opts.quiet_seconds * UNCLOSED_FACTOR:
-                self.queue.reschedule(job.id, now + self.opts.quiet_seconds / 2, job.size,
-                                      job.mtime_ns)  # fmt: skip
-                return False
+            # Stable but still open: wait for the close event, or failing that for the
+            # longer quiet time counted from the last change (due_at - quiet). Marked
+            # closed now so that, unchanged by then, it is taken; a new write re-queues
+            # it as open, a close event brings it forward.
+            last_change = job.due_at - self.opts.quiet_seconds
+            self.queue.reschedule(job.id, last_change + self.opts.quiet_seconds * UNCLOSED_FACTOR,
+                                  job.size, job.mtime_ns, closed=True)  # fmt: skip
+            return False
         return True
 
     def _expand(self, folder: str, now: float) -> None:

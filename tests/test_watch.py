@@ -324,3 +324,20 @@ def test_sigkill_mid_batch_then_restart_indexes_every_file_exactly_once(env, tmp
         dup = con.execute("select count(*) - count(distinct sha256) from items").fetchone()[0]
         emb = con.execute("select count(*) from embeddings").fetchone()[0]
     assert paths == sorted(map(str, files)) and dup == 0 and emb == 40
+
+
+def test_a_complete_file_whose_writer_never_closes_it_is_taken_after_a_longer_wait(watching):
+    from indexer.watch import UNCLOSED_FACTOR
+
+    path = watching.lib / "held-open.jpg"
+    with open(path, "wb") as fh:
+        fh.write(jpeg_bytes(picture(12)))
+        fh.flush()
+        start = time.monotonic()
+        item = wait_for(
+            lambda: watching.item(path),
+            timeout=QUIET * UNCLOSED_FACTOR * 4,
+            what="the never-closed file",
+        )
+        waited = time.monotonic() - start
+    assert item and waited >= QUIET * UNCLOSED_FACTOR * 0.9
