@@ -8,7 +8,9 @@ is derived data that can be rebuilt from the catalog.
 from __future__ import annotations
 
 import enum
+import os
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -16,6 +18,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -23,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
@@ -31,6 +35,25 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class FsPath(TypeDecorator[str]):
+    """A file path stored as the exact bytes the OS uses (DESIGN principle 8).
+
+    Python hands us paths as str with undecodable bytes escaped as lone surrogates
+    (PEP 383); such a str cannot be stored as UTF-8 text. Stored as bytes, every name
+    the OS allows round-trips, and comparisons are byte-wise on SQLite (memcmp) and on
+    PostgreSQL (bytea): case-sensitive, with no LIKE wildcards, on every backend.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> bytes | None:
+        return None if value is None else os.fsencode(value)
+
+    def process_result_value(self, value: bytes | None, dialect: Any) -> str | None:
+        return None if value is None else os.fsdecode(bytes(value))
 
 
 class StageState(enum.StrEnum):
@@ -68,7 +91,7 @@ class FilePath(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(
@@ -121,7 +144,7 @@ class FileFailure(Base):
     __tablename__ = "file_failures"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     reason: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime] = mapped_column(
@@ -140,7 +163,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     action: Mapped[str] = mapped_column(String(16))  # index | delete
     due_at: Mapped[float] = mapped_column(Float, index=True)  # unix time
     size: Mapped[int | None] = mapped_column(BigInteger)  # stat when last seen
@@ -151,3 +174,53 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class DetectionRow(Base):
+    """An object a detector found in an item (box corners as fractions of the picture)."""
+
+    __tablename__ = "detections"
+    __table_args__ = (Index("ix_detections_label_item", "label", "item_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(100))
+    confidence: Mapped[float] = mapped_column(Float)
+    x0: Mapped[float] = mapped_column(Float)
+    y0: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+
+
+class SegmentRow(Base):
+    """A panoptic segment of an item: a thing or stuff, with the share of pixels it covers."""
+
+    __tablename__ = "segments"
+    __table_args__ = (Index("ix_segments_label_item", "label", "item_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(100))
+    is_thing: Mapped[bool] = mapped_column()
+    area: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+
+
+class LabelRow(Base):
+    """A scored label of an item: artist style, artwork-ness, ImageNet class..."""
+
+    __tablename__ = "labels"
+    __table_args__ = (Index("ix_labels_kind_label", "kind", "label", "score"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)

@@ -12,15 +12,20 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from catalog.db import make_sessionmaker
+from catalog.filters import Filters, matching_ids
 from catalog.models import (
+    DetectionRow,
     Embedding,
     FileFailure,
     FilePath,
     Item,
+    LabelRow,
+    SegmentRow,
     StageState,
     StageStatus,
     utcnow,
 )
+from catalog.stages import StageBook
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,14 @@ class NewItem:
 
 
 def at_or_under(column: Any, path: str) -> Any:
-    """SQL test: column names path itself, or something inside the folder path."""
-    return (column == path) | column.startswith(path.rstrip("/") + "/", autoescape=True)
+    """SQL test: column names path itself, or something inside the folder path.
+
+    A byte range, not LIKE: paths are bytes (models.FsPath), and every byte string that
+    starts with ``P/`` sorts in ``[P/, P0)`` ('0' follows '/' in ASCII) and nothing else
+    does. Exact on every backend (no case folding, no wildcards) and it uses the index.
+    """
+    folder = path.rstrip("/")
+    return (column == path) | ((column >= folder + "/") & (column < folder + "0"))
 
 
 def move_prefix(s: Session, model: Any, src: str, dest: str) -> int:
@@ -77,6 +88,7 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.Session = make_sessionmaker(engine)
+        self.stages = StageBook(self.Session)
 
     # ---- reads -------------------------------------------------------------------
     def known_paths(self, roots: Iterable[str]) -> dict[str, KnownPath]:
@@ -111,6 +123,36 @@ class Catalog:
     def item_id_for_path(self, path: str) -> int | None:
         with self.Session() as s:
             return s.scalar(select(FilePath.item_id).where(FilePath.path == path))
+
+    def filter_ids(self, filters: Filters) -> list[int]:
+        """The item ids a search filter admits (ascending)."""
+        with self.Session() as s:
+            return matching_ids(s, filters)
+
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """Metadata, paths, stage statuses and enrichment of one item, for display."""
+        with self.Session() as s:
+            it = s.get(Item, item_id)
+            if it is None:
+                return None
+            meta = {
+                "id": it.id, "kind": it.kind, "sha256": it.sha256, "format": it.format,
+                "width": it.width, "height": it.height, "size_bytes": it.size_bytes,
+                "taken_at": _iso(it.taken_at), "camera_make": it.camera_make,
+                "camera_model": it.camera_model, "gps": [it.gps_lat, it.gps_lon]
+                if it.gps_lat is not None else None, "created_at": _iso(it.created_at),
+            }  # fmt: skip
+        meta["paths"] = self.paths_for([item_id])[item_id]
+        meta["stages"] = self.stages.statuses(item_id)
+        meta.update(self.stages.enrichment([item_id])[item_id])
+        return meta
+
+    def items_of_kind(self, item_ids: Sequence[int]) -> dict[int, str]:
+        with self.Session() as s:
+            out: dict[int, str] = {}
+            for chunk in _chunks(list(item_ids)):
+                out.update(s.execute(select(Item.id, Item.kind).where(Item.id.in_(chunk))).all())
+            return out
 
     def item_exists(self, item_id: int) -> bool:
         with self.Session() as s:
@@ -262,8 +304,8 @@ class Catalog:
         for chunk in _chunks(orphans):
             # Explicit deletes rather than relying on ON DELETE CASCADE alone, so a
             # backend with foreign keys off still ends consistent.
-            s.execute(delete(Embedding).where(Embedding.item_id.in_(chunk)))
-            s.execute(delete(StageStatus).where(StageStatus.item_id.in_(chunk)))
+            for table in (Embedding, StageStatus, DetectionRow, SegmentRow, LabelRow):
+                s.execute(delete(table).where(table.item_id.in_(chunk)))
             s.execute(delete(Item).where(Item.id.in_(chunk)))
         return orphans
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from everlook.settings import Settings
 
@@ -26,6 +27,17 @@ out = Console(soft_wrap=True)  # never break paths across lines
 err = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def shown(path: str) -> str:
+    """A path for a terminal: bytes that are not UTF-8 shown as \\xNN (like ``ls -b``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def emit_json(data: Any) -> None:
+    """JSON on stdout. ASCII-only, so a name that is not UTF-8 travels as its PEP 383
+    escape (``\\udce9``), which ``os.fsencode`` turns back into the exact bytes."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _settings() -> Settings:
@@ -98,7 +110,7 @@ def index(
         raise _fail_config(exc) from exc
     elapsed = time.monotonic() - started
     if as_json:
-        out.print_json(json.dumps({**report.as_dict(), "seconds": round(elapsed, 3)}))
+        emit_json({**report.as_dict(), "seconds": round(elapsed, 3)})
     else:
         _print_summary(report, elapsed)
     raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
@@ -144,7 +156,7 @@ def _print_summary(report: Any, elapsed: float) -> None:
         + (f"[red]{len(r.failed)} failed[/red]" if r.failed else "0 failed")
     )
     for path, reason in r.failed:
-        out.print(f"  [red]failed[/red] {path}: {reason}", highlight=False)
+        out.print(f"  [red]failed[/red] {escape(shown(path))}: {escape(reason)}", highlight=False)
 
 
 @app.command()
@@ -256,7 +268,7 @@ def search(
              "path": h.paths[0] if h.paths else None, "paths": h.paths}
             for n, h in enumerate(hits, 1)
         ]  # fmt: skip
-        out.print_json(json.dumps(rows))
+        emit_json(rows)
         return
     if not hits:
         out.print("no results")
@@ -267,7 +279,7 @@ def search(
     print(f"{'#':>3}  {'score':>7}  {'id':>{width}}  path")
     for n, h in enumerate(hits, 1):
         extra = f"  (+{len(h.paths) - 1} more)" if len(h.paths) > 1 else ""
-        path = h.paths[0] if h.paths else "?"
+        path = shown(h.paths[0]) if h.paths else "?"
         print(f"{n:>3}  {h.score:>7.4f}  {h.item_id:>{width}}  {path}{extra}")
 
 
@@ -307,7 +319,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")
         "clip_pretrained": parts.settings.clip_pretrained,
     }
     if as_json:
-        out.print_json(json.dumps(data, default=str))
+        emit_json(data)
         return
     items = data["items"]
     kinds = ", ".join(f"{k} {v}" for k, v in items["by_kind"].items()) or "none"
@@ -332,7 +344,8 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")
     out.print(f"[bold]failures[/bold] {len(fails)}")
     for f in fails:
         where = f.get("path") or f"item {f.get('item_id')} ({f.get('stage')})"
-        out.print(f"  {where}: {f.get('reason') or f.get('error')}", highlight=False)
+        why = f.get("reason") or f.get("error") or ""
+        out.print(f"  {escape(shown(str(where)))}: {escape(why)}", highlight=False)
 
 
 @db_app.command("upgrade")

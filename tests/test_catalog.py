@@ -28,9 +28,39 @@ def test_migrations_create_every_table_on_first_open(catalog: Catalog):
         "embeddings",
         "stage_status",
         "file_failures",
+        "detections",
+        "segments",
+        "labels",
         "alembic_version",
     } <= tables
-    assert migrations.current(catalog.engine) == "0002"
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(migrations.alembic_config(catalog.engine)).get_current_head()
+    assert migrations.current(catalog.engine) == head == "0004"
+
+
+def test_paths_stored_as_text_by_an_older_catalog_still_match_after_upgrade(tmp_path):
+    import migrations
+    from catalog import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrations.upgrade(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO items (id, sha256, kind, size_bytes, created_at) "
+                "VALUES (1, 'ab', 'image', 3, '2026-01-01')"
+            )
+        )
+        for n, p in enumerate(("/lib/Photos/a.jpg", "/lib/photos/b.jpg"), 1):
+            conn.execute(text(
+                "INSERT INTO paths (id, item_id, path, size, mtime_ns, updated_at) "
+                f"VALUES ({n}, 1, '{p}', 3, 1, '2026-01-01')"
+            ))  # fmt: skip
+    migrations.upgrade(engine)
+    cat = Catalog(engine)
+    assert list(cat.known_paths(["/lib/Photos"])) == ["/lib/Photos/a.jpg"]
+    assert cat.item_id_for_path("/lib/photos/b.jpg") == 1
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(catalog: Catalog):
@@ -75,4 +105,4 @@ def test_upgrade_is_idempotent(tmp_path: Path):
     engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
     migrations.upgrade(engine)
     migrations.upgrade(engine)
-    assert migrations.current(engine) == "0002"
+    assert migrations.current(engine) == "0004"

@@ -78,8 +78,10 @@ def test_opening_catalog_and_index_does_not_import_torch(tmp_path):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'open_clip' not in sys.modules, 'open_clip was imported'\n"
     )
+    # A clean environment and a folder without .env: nothing of the developer's leaks in.
     env = {
-        **__import__("os").environ,
+        "PATH": __import__("os").environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
         "EVERLOOK_HOME": str(tmp_path / "home"),
         "EVERLOOK_CLIP_MODEL": "ViT-B-32",
         "EVERLOOK_CLIP_PRETRAINED": "laion2b_s34b_b79k",
@@ -92,5 +94,6 @@ def test_opening_catalog_and_index_does_not_import_torch(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
