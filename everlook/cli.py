@@ -106,14 +106,28 @@ def index(
     try:
         pipeline = parts.pipeline(rules)
         report = _run_with_progress(pipeline, [str(p) for p in paths], quiet=as_json)
-    except (ModelUnavailable, ValueError) as exc:
+    except (ModelUnavailable, ValueError, ImportError) as exc:
         raise _fail_config(exc) from exc
+    runner = pipeline.stages
+    if runner is not None:  # items this run did not enrich inline: older ones, retries
+        _backfill_with_progress(runner, quiet=as_json)
     elapsed = time.monotonic() - started
+    stages = (
+        {"done": runner.stats.done, "failed": runner.stats.failed,
+         "unavailable": runner.stats.unavailable} if runner is not None else {}
+    )  # fmt: skip
     if as_json:
-        emit_json({**report.as_dict(), "seconds": round(elapsed, 3)})
+        emit_json({**report.as_dict(), "stages": stages, "seconds": round(elapsed, 3)})
     else:
         _print_summary(report, elapsed)
-    raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
+        for name, n in (stages.get("done") or {}).items():
+            out.print(f"  stage {name}: {n} done, {stages['failed'].get(name, 0)} failed")
+        for name, why in (stages.get("unavailable") or {}).items():
+            err.print(f"[red]stage {name} unavailable:[/red] {escape(why)}")
+    if stages.get("unavailable"):
+        raise typer.Exit(EXIT_USAGE)  # the items are indexed; a stage's model is missing
+    failed = report.failed or any((stages.get("failed") or {}).values())
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 def _run_with_progress(pipeline: Any, roots: list[str], quiet: bool) -> Any:
@@ -220,103 +234,17 @@ def watch(
 
 
 @app.command()
-def search(
-    text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
-    image: Annotated[
-        Path | None, typer.Option("--image", help="Find images like this image file.")
-    ] = None,
-    like: Annotated[
-        str | None, typer.Option("--like", help="Find images like this indexed path or item id.")
-    ] = None,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, max=10000, help="How many results.")] = 10,
-    min_score: Annotated[
-        float | None,
-        typer.Option("--min-score", help="Drop results scoring below this cosine similarity."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
-) -> None:
-    """Search by text, by an image file (--image), or by an indexed item (--like)."""
-    from indexer.media import MediaError, decode_image, read_file
-    from search.embedders import ModelUnavailable
-
-    given = [x is not None for x in (text, image, like)]
-    if sum(given) != 1:
-        err.print("[red]error:[/red] give exactly one of TEXT, --image FILE or --like PATH_OR_ID")
-        raise typer.Exit(EXIT_USAGE)
-    parts = _parts()
-    engine = parts.engine()
-    try:
-        if text is not None:
-            hits = engine.by_text(text, k, min_score)
-        elif image is not None:
-            try:
-                raw = read_file(str(image), parts.limits())
-                decoded = decode_image(raw.data, parts.limits())
-            except MediaError as exc:
-                err.print(f"[red]error:[/red] cannot use {image} as a query: {exc}")
-                raise typer.Exit(EXIT_USAGE) from exc
-            hits = engine.by_image(decoded.image, k, min_score)
-        else:
-            assert like is not None
-            item_id = _resolve_item(parts, like)
-            hits = engine.by_item(item_id, k, min_score)
-    except (ModelUnavailable, LookupError) as exc:
-        raise _fail_config(exc) from exc
-    if as_json:
-        rows = [
-            {"rank": n, "item_id": h.item_id, "score": round(h.score, 6),
-             "path": h.paths[0] if h.paths else None, "paths": h.paths}
-            for n, h in enumerate(hits, 1)
-        ]  # fmt: skip
-        emit_json(rows)
-        return
-    if not hits:
-        out.print("no results")
-        return
-    # Plain aligned lines rather than a rich table: paths are never cut or folded,
-    # since users copy them into other commands and pipes.
-    width = max(len(str(h.item_id)) for h in hits)
-    print(f"{'#':>3}  {'score':>7}  {'id':>{width}}  path")
-    for n, h in enumerate(hits, 1):
-        extra = f"  (+{len(h.paths) - 1} more)" if len(h.paths) > 1 else ""
-        path = shown(h.paths[0]) if h.paths else "?"
-        print(f"{n:>3}  {h.score:>7.4f}  {h.item_id:>{width}}  {path}{extra}")
-
-
-def _resolve_item(parts: Any, ref: str) -> int:
-    if ref.isdigit() and not os.path.exists(ref):
-        if parts.catalog.item_exists(int(ref)):
-            return int(ref)
-        raise LookupError(f"no item with id {ref}")
-    item_id = parts.catalog.item_id_for_path(os.path.abspath(ref))
-    if item_id is None:
-        raise LookupError(f"{ref} is not in the catalog (index it first)")
-    return int(item_id)
-
-
-@app.command()
 def stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """Items by kind, stage status, failures with reasons, index size, models in use."""
-    from search.vectors.faiss_store import read_header
-
+    """Items by kind, per-stage progress, failures with reasons, index size, models."""
     parts = _parts()
     data = parts.catalog.stats()
-    index_path = parts.settings.index_dir / "clip.faiss"
-    idx: dict[str, Any] = {"path": str(index_path), "exists": index_path.is_file()}
-    if index_path.is_file():
-        idx["bytes"] = index_path.stat().st_size
-        try:
-            header, _ = read_header(index_path)
-            idx.update(
-                vectors=header.get("count"), model_id=header.get("model_id"), dim=header.get("dim")
-            )
-        except Exception as exc:
-            idx["problem"] = str(exc)
-    data["index"] = idx
+    data["index"] = parts.index.describe()
+    data["progress"] = _stage_progress(parts)
     data["settings"] = {
         "home": str(parts.settings.home),
         "clip_model": parts.settings.clip_model,
         "clip_pretrained": parts.settings.clip_pretrained,
+        "stages": parts.settings.stages,
     }
     if as_json:
         emit_json(data)
@@ -324,19 +252,27 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")
     items = data["items"]
     kinds = ", ".join(f"{k} {v}" for k, v in items["by_kind"].items()) or "none"
     out.print(f"[bold]items[/bold] {items['total']} ({kinds}), paths {data['paths']}")
-    for stage, counts in data["stages"].items():
+    for stage, p in data["progress"].items():
+        if "unavailable" in p:
+            out.print(
+                f"[bold]stage[/bold] {stage}: [red]unavailable[/red] ({escape(p['unavailable'])})"
+            )
+            continue
         out.print(
-            f"[bold]stage[/bold] {stage}: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        )
+            f"[bold]stage[/bold] {stage}: {p['done']}/{p['total']} done, {p['pending']} pending, "
+            f"{p['failed']} failed" + (f", {p['retrying']} to retry" if p["retrying"] else "")
+            + f"  [dim]{escape(p['model_id'])}[/dim]"
+        )  # fmt: skip
     for m in data["models"]:
         out.print(
             f"[bold]model[/bold] {m['space']}: {m['model_id']} "
             f"(dim {m['dim']}, {m['count']} vectors)"
         )
-    if idx["exists"]:
+    idx = data["index"]
+    if idx.get("exists"):
         out.print(
-            f"[bold]index[/bold] {idx['path']}: {idx.get('vectors')} vectors, {idx['bytes']} bytes"
+            f"[bold]index[/bold] {idx['path']}: {idx.get('vectors')} vectors, "
+            f"{idx.get('bytes')} bytes"
         )
     else:
         out.print(f"[bold]index[/bold] {idx['path']}: not built yet")
@@ -346,6 +282,82 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")
         where = f.get("path") or f"item {f.get('item_id')} ({f.get('stage')})"
         why = f.get("reason") or f.get("error") or ""
         out.print(f"  {escape(shown(str(where)))}: {escape(why)}", highlight=False)
+
+
+def _stage_progress(parts: Any) -> dict[str, Any]:
+    """Per enabled stage: done/pending/failed for its current model (models not loaded)."""
+    from search.embedders import ModelUnavailable
+
+    s = parts.settings
+    out: dict[str, Any] = {}
+    emb = parts.embedder
+    out["embed/clip"] = {
+        "model_id": emb.model_id,
+        **parts.catalog.stages.progress("embed/clip", emb.model_id, ["image"], 1),
+    }
+    for name in s.stages:
+        try:
+            stage = parts.stage(name)
+            out[name] = {
+                "model_id": stage.model_id,
+                **parts.catalog.stages.progress(
+                    name, stage.model_id, stage.kinds, s.stage_max_attempts
+                ),
+            }
+        except (ModelUnavailable, ValueError, ImportError) as exc:
+            out[name] = {"unavailable": str(exc)}
+    return out
+
+
+@app.command()
+def enrich(
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", help="Only this stage (repeatable); default: all enabled."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run enrichment stages on every item that still needs them (backfill)."""
+    parts = _parts()
+    names = stage or parts.settings.stages
+    try:
+        runner = parts.stage_runner(names)
+    except (ValueError, ImportError) as exc:
+        raise _fail_config(exc) from exc
+    started = time.monotonic()
+    stats = _backfill_with_progress(runner, quiet=as_json)
+    summary = {
+        "done": stats.done, "failed": stats.failed, "unavailable": stats.unavailable,
+        "seconds": round(time.monotonic() - started, 3),
+    }  # fmt: skip
+    if as_json:
+        emit_json(summary)
+    else:
+        for name in names:
+            out.print(f"{name}: {stats.done.get(name, 0)} done, {stats.failed.get(name, 0)} failed")
+        for name, why in stats.unavailable.items():
+            err.print(f"[red]{name} unavailable:[/red] {escape(why)}")
+    if stats.unavailable:
+        raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(EXIT_FAILED if any(stats.failed.values()) else EXIT_OK)
+
+
+def _backfill_with_progress(runner: Any, quiet: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        console=err, disable=quiet or not err.is_terminal,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, Any] = {}
+        for stage in runner.live():
+            left = runner.pending(stage)["pending"]
+            tasks[stage.name] = bar.add_task(stage.name, total=left)
+
+        def on_progress(name: str, n: int) -> None:
+            bar.advance(tasks[name], n)
+
+        return runner.backfill(progress=on_progress)
 
 
 @db_app.command("upgrade")
@@ -362,6 +374,9 @@ def db_upgrade() -> None:
 def main() -> None:
     app()
 
+
+# Commands that live in their own modules register on `app` when imported.
+from everlook import cli_search  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

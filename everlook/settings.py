@@ -75,6 +75,44 @@ class Settings(BaseSettings):
         default=2000, ge=1, description="Save the vector index after this many new vectors."
     )
 
+    stages: list[str] = Field(
+        default_factory=lambda: ["detect/yolo", "style", "labels"],
+        description="Enrichment stages to run after embedding (JSON list): detect/yolo, "
+        "panoptic, style, labels. Panoptic is off by default on CPU (see costs).",
+    )
+    stage_max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Tries per (item, stage) before giving up."
+    )
+    yolo_model: str = Field(
+        default="yolo11n.pt",
+        description="Ultralytics detection checkpoint: a name, or a path to a .pt file.",
+    )
+    yolo_confidence: float = Field(
+        default=0.25, ge=0.0, le=1.0, description="Detections below this are not stored."
+    )
+    has_min_confidence: float = Field(
+        default=0.4, ge=0.0, le=1.0, description="Detections below this don't count for --has."
+    )
+    panoptic_backend: str = Field(
+        default="auto", description="Panoptic segmenter: auto (detectron2 if installed), "
+        "detectron2, mask2former.",
+    )  # fmt: skip
+    panoptic_model: str = Field(
+        default="", description="Segmenter model (config or repo id); empty: backend default."
+    )
+    artists: list[str] = Field(
+        default_factory=list, description="Artists for style scores (JSON list); empty: 44 "
+        "painters shipped with Everlook.",
+    )  # fmt: skip
+    style_top_k: int = Field(default=3, ge=1, le=50, description="Artist scores kept per item.")
+    style_min_score: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="Style score --style needs (0..1)."
+    )
+    artwork_min_score: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Artwork score --style needs (0..1)."
+    )
+    labels_top_k: int = Field(default=5, ge=1, le=50, description="ImageNet labels kept per item.")
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -89,3 +127,8 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.home / "index"
+
+    @property
+    def models_cache(self) -> Path:
+        """Where Everlook downloads weights itself (laid out like EVERLOOK_MODEL_DIR)."""
+        return self.home / "models"

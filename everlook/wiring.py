@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from catalog import Catalog, make_engine
 from everlook.settings import Settings
 from indexer.media import Limits
 from indexer.pipeline import Pipeline, PipelineOptions
 from indexer.scan import ScanRules
+from indexer.stages import Stage, StageRunner
 from search import embedders
 from search.embedders import Embedder
 from search.engine import SearchEngine
@@ -48,7 +51,7 @@ class Parts:
         path = self.settings.index_dir / f"{emb.space}.faiss"
         return VectorIndex(self.catalog, "faiss", path, emb.space, info)
 
-    def pipeline(self, rules: ScanRules | None = None) -> Pipeline:
+    def pipeline(self, rules: ScanRules | None = None, inline_stages: bool = True) -> Pipeline:
         s = self.settings
         opts = PipelineOptions(
             limits=Limits(max_pixels=s.max_pixels, max_file_bytes=s.max_file_bytes),
@@ -56,7 +59,69 @@ class Parts:
             batch_size=s.batch_size, workers=s.decode_workers, draft=s.draft_decode,
             save_every=s.index_save_every,
         )  # fmt: skip
-        return Pipeline(self.embedder, self.index, self.catalog, opts)
+        runner = self.stage_runner() if s.stages else None
+        return Pipeline(self.embedder, self.index, self.catalog, opts, runner, inline_stages)
+
+    def stage_runner(self, names: Sequence[str] | None = None) -> StageRunner:
+        """The enrichment stages named (default: the enabled ones), ready to run. Nothing
+        loads here: each model loads on its first batch."""
+        s = self.settings
+        stages = [self.stage(n) for n in (s.stages if names is None else names)]
+        return StageRunner(
+            stages, self.catalog, self.limits(), max_attempts=s.stage_max_attempts,
+            batch_size=min(s.batch_size, 16), workers=s.decode_workers or 2,
+            clip_model_id=self.embedder.model_id,
+        )  # fmt: skip
+
+    def stage(self, name: str) -> Stage:
+        from indexer import stages
+
+        s = self.settings
+        if name == "detect/yolo":
+            from enrich.detect import YoloDetector, configure_ultralytics
+
+            configure_ultralytics(s.home / "ultralytics")
+            detector = YoloDetector(
+                s.yolo_model, conf=s.yolo_confidence, model_dir=s.model_dir,
+                cache_dir=s.models_cache / "ultralytics", device=s.device,
+            )  # fmt: skip
+            return stages.create(name, detector=detector)
+        if name == "panoptic":
+            return stages.create(name, segmenter=self.segmenter())
+        if name == "style":
+            from enrich.style import ArtistStyleScorer
+
+            scorer = ArtistStyleScorer(
+                self.embedder, s.artists or None, top_k=s.style_top_k,
+                cache_dir=s.home / "cache" / "prompts",
+            )  # fmt: skip
+            return stages.create(name, scorer=scorer)
+        if name == "labels":
+            return stages.create(name, classifier=self.classifier(), top_k=s.labels_top_k)
+        raise ValueError(f"unknown stage {name!r}; known: {', '.join(stages.available())}")
+
+    def segmenter(self) -> Any:
+        from enrich import panoptic
+
+        s = self.settings
+        backend = panoptic.default_backend() if s.panoptic_backend == "auto" else s.panoptic_backend
+        kw: dict[str, Any] = {}
+        if s.panoptic_model:
+            kw["config" if backend == "detectron2" else "repo"] = s.panoptic_model
+        return panoptic.create(
+            backend, model_dir=s.model_dir, cache_dir=s.models_cache / panoptic_family(backend),
+            device=s.device, **kw,
+        )  # fmt: skip
+
+    def classifier(self) -> Any:
+        from enrich.zeroshot import ZeroShotClassifier, simple_imagenet_templates
+
+        # The 7 short templates, not OpenAI's 80: 7,000 prompts to embed once per model
+        # instead of 80,000 (over an hour of CPU for ViT-B-32's text tower).
+        return ZeroShotClassifier(
+            self.embedder, templates=simple_imagenet_templates(),
+            cache_dir=self.settings.home / "cache" / "prompts",
+        )  # fmt: skip
 
     def engine(self) -> SearchEngine:
         return SearchEngine(self.embedder, self.index, self.catalog)
@@ -65,3 +130,7 @@ class Parts:
         return Limits(
             max_pixels=self.settings.max_pixels, max_file_bytes=self.settings.max_file_bytes
         )
+
+
+def panoptic_family(backend: str) -> str:
+    return "detectron2" if backend == "detectron2" else "transformers"

@@ -24,6 +24,7 @@ import numpy as np
 from catalog import Catalog, KnownPath, NewItem
 from indexer.media import Limits, MediaError, decode_image, read_file
 from indexer.scan import Found, Problem, ScanRules, check_file, scan
+from indexer.stages import StageRunner, Work, shrink
 from search.embedders import Embedder, ModelUnavailable
 from search.index_sync import VectorIndex
 
@@ -66,6 +67,7 @@ class _Prepared:
     sha256: str = ""
     size: int = 0
     tensor: Any = None
+    image: Any = None  # the decoded picture, kept for enrichment stages of this batch
     item: NewItem | None = None
     error: str | None = None
     attach: bool = False  # content already embedded: only record the path
@@ -81,11 +83,18 @@ class Pipeline:
         index: VectorIndex,
         catalog: Catalog,
         options: PipelineOptions | None = None,
+        stages: StageRunner | None = None,
+        inline_stages: bool = True,
     ) -> None:
         self.embedder = embedder
         self.index = index
         self.catalog = catalog
         self.opts = options or PipelineOptions()
+        # Enrichment stages run on each batch right after its embeddings are stored (the
+        # items are searchable first), reusing the pictures decoded for embedding. The
+        # watcher turns inline off and backfills when idle, to keep new files quick.
+        self.stages = stages
+        self.inline_stages = inline_stages and stages is not None
         self.stage = f"embed/{embedder.space}"
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
@@ -109,6 +118,8 @@ class Pipeline:
                 return out
             decoded = decode_image(raw.data, self.opts.limits, draft_side)
             out.tensor = self.embedder.preprocess(decoded.image)
+            if self.inline_stages and self.stages is not None and self.stages.image_side:
+                out.image = shrink(decoded.image, self.stages.image_side)
             out.item = NewItem(
                 sha256=raw.sha256, kind="image", size_bytes=raw.size, path=found.path,
                 mtime_ns=raw.mtime_ns, format=decoded.format, width=decoded.width,
@@ -217,7 +228,10 @@ class Pipeline:
         batch: list[_Prepared] = []
         failures: list[tuple[str, str]] = []  # recorded with the batch: one transaction
         added_since_save = 0
-        draft_side = 2 * self.embedder.input_side if self.opts.draft else None
+        draft_side = None
+        if self.opts.draft:  # never below 2x the model input, nor below what stages need
+            keep = self.stages.image_side if self.inline_stages and self.stages else 0
+            draft_side = max(2 * self.embedder.input_side, keep)
         workers = self.opts.workers or os.cpu_count() or 2
         window = 2 * self.opts.batch_size + workers
 
@@ -225,15 +239,22 @@ class Pipeline:
             nonlocal added_since_save
             if batch:
                 vecs = self.embedder.embed_preprocessed([p.tensor for p in batch])
-                items = []
                 for p, v in zip(batch, vecs, strict=True):
                     assert p.item is not None
                     p.item.vector = np.asarray(v, dtype=np.float32).tobytes()
-                    items.append(p.item)
-                ids = self.catalog.add_items(items, self.stage)
+                ids = self._store(batch, failures, report)
+                kept = [(p, v) for p, v in zip(batch, vecs, strict=True) if p.sha256 in ids]
+                batch[:] = [p for p, _ in kept]
+                vecs = np.stack([v for _, v in kept]) if kept else vecs[:0]
                 id_arr = np.array([ids[p.sha256] for p in batch], dtype=np.int64)
-                store.add(id_arr, vecs)
+                if len(id_arr):
+                    store.add(id_arr, vecs)
                 self._embedded.update(int(i) for i in id_arr)
+                if self.inline_stages and self.stages is not None and len(id_arr):
+                    self.stages.run_batch([
+                        Work(int(i), "image", image=p.image, vector=v)
+                        for i, p, v in zip(id_arr, batch, vecs, strict=True)
+                    ])  # fmt: skip
                 for p in batch:
                     if p.found.path in known:
                         report.changed += 1
@@ -277,6 +298,25 @@ class Pipeline:
                 if progress:
                     progress(done, len(todo))
             flush()
+
+    def _store(
+        self, batch: list[_Prepared], failures: list[tuple[str, str]], report: Report
+    ) -> dict[str, int]:
+        """Store a batch in one transaction; if the catalog refuses it, store item by item
+        so that one file the database cannot take fails alone."""
+        items = [p.item for p in batch if p.item is not None]
+        try:
+            return self.catalog.add_items(items, self.stage)
+        except Exception:
+            ids: dict[str, int] = {}
+            for one in items:
+                try:
+                    ids.update(self.catalog.add_items([one], self.stage))
+                except Exception as exc:
+                    why = f"cannot be stored: {type(exc).__name__}: {exc}"
+                    report.failed.append((one.path, why))
+                    failures.append((one.path, why))
+            return ids
 
     def _flush_attached(
         self,

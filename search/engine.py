@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from catalog import Catalog
+from catalog.filters import Filters
 from search.embedders import Embedder
 from search.index_sync import VectorIndex
 
@@ -32,27 +33,51 @@ class SearchEngine:
         k: int = 10,
         min_score: float | None = None,
         exclude: Sequence[int] = (),
+        filters: Filters | None = None,
     ) -> list[Hit]:
+        """The k best items for vector. With filters, the store searches only the items
+        they admit (an exact allow-list), so the top k are exactly the best matching k."""
         skip = set(exclude)
-        raw = self.index.store.search(vector.reshape(1, -1), k + len(skip))[0]
-        pairs = [(i, s) for i, s in raw if i not in skip][:k]
+        allow: list[int] | None = None
+        if filters is not None and filters.active():
+            allow = [i for i in self.catalog.filter_ids(filters) if i not in skip]
+            if not allow:
+                return []
+            raw = self.index.store.search(vector.reshape(1, -1), k, allow=allow)[0]
+            pairs = raw[:k]
+        else:
+            raw = self.index.store.search(vector.reshape(1, -1), k + len(skip))[0]
+            pairs = [(i, s) for i, s in raw if i not in skip][:k]
         if min_score is not None:
             pairs = [(i, s) for i, s in pairs if s >= min_score]
         paths = self.catalog.paths_for([i for i, _ in pairs])
         return [Hit(i, s, paths.get(i, [])) for i, s in pairs]
 
-    def by_text(self, text: str, k: int = 10, min_score: float | None = None) -> list[Hit]:
-        return self.by_vector(self.embedder.embed_texts([text])[0], k, min_score)
+    def by_text(
+        self, text: str, k: int = 10, min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        return self.by_vector(self.embedder.embed_texts([text])[0], k, min_score, (), filters)
 
     def by_image(
-        self, image: Image.Image, k: int = 10, min_score: float | None = None
-    ) -> list[Hit]:
-        return self.by_vector(self.embedder.embed_images([image])[0], k, min_score)
+        self, image: Image.Image, k: int = 10, min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        return self.by_vector(self.embedder.embed_images([image])[0], k, min_score, (), filters)
 
-    def by_item(self, item_id: int, k: int = 10, min_score: float | None = None) -> list[Hit]:
+    def by_item(
+        self, item_id: int, k: int = 10, min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:  # fmt: skip
         """More like this item (the item itself left out)."""
         stored = self.catalog.embedding(item_id, self.embedder.space)
         if stored is None or stored[0] != self.embedder.model_id:
             raise LookupError(f"item {item_id} has no {self.embedder.model_id} embedding")
         vec = np.frombuffer(stored[1], dtype=np.float32)
-        return self.by_vector(vec, k, min_score, exclude=[item_id])
+        return self.by_vector(vec, k, min_score, exclude=[item_id], filters=filters)
+
+    def by_filters(self, filters: Filters, k: int = 10) -> list[Hit]:
+        """No query, only filters: the matching items, newest first (highest id)."""
+        ids = self.catalog.filter_ids(filters)[::-1][:k]
+        paths = self.catalog.paths_for(ids)
+        return [Hit(i, float("nan"), paths.get(i, [])) for i in ids]

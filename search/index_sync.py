@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +89,10 @@ class VectorIndex:
                 vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
                 store.add(ids, vecs)
                 report.added += len(ids)
+
+    def describe(self) -> dict[str, Any]:
+        """What the saved index holds, asked of its backend (the index is not loaded)."""
+        return vectors.describe(self.backend, self.path)
 
     def save(self) -> None:
         if self._store is not None:

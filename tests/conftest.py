@@ -52,6 +52,9 @@ def env(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
         "EVERLOOK_CLIP_PRETRAINED": TINY_TAG,
         "EVERLOOK_DEVICE": "cpu",
         "EVERLOOK_BATCH_SIZE": "8",
+        # Enrichment stages are opted into by the tests about them (tests/test_stages.py),
+        # so the core tests measure the core.
+        "EVERLOOK_STAGES": "[]",
     }
     for k in list(os.environ):
         if k.startswith("EVERLOOK_"):

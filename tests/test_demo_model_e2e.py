@@ -63,6 +63,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]
         mp.setenv("EVERLOOK_CLIP_MODEL", "everlook-demo")
         mp.setenv("EVERLOOK_CLIP_PRETRAINED", "v1")
         mp.setenv("EVERLOOK_DEVICE", "cpu")
+        mp.setenv("EVERLOOK_STAGES", "[]")  # meaning of embeddings alone (stages: test_stages)
         lib = base / "lib"
         build(lib)
         cli = Cli()

@@ -12,10 +12,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from search.model_base import ModelUnavailable, WeightsUnavailable
 
-class ModelUnavailable(RuntimeError):
-    """The model cannot be loaded (weights missing, unknown name): a configuration
-    problem that stops the run, never a per-file failure."""
+__all__ = ["Embedder", "ModelUnavailable", "WeightsUnavailable", "available", "create"]
 
 
 @runtime_checkable

@@ -12,7 +12,6 @@ Model configs beyond open_clip's built-ins are registered with ``add_model_confi
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from search.embedders import ModelUnavailable, register
+from search.embedders import register
+from search.model_base import (
+    BUILTIN_MODELS,
+    LazyModel,
+    ModelUnavailable,
+    Runtime,
+    WeightsUnavailable,
+)
 
 BUILTIN_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-# Weights shipped with Everlook (the offline demo model), laid out like EVERLOOK_MODEL_DIR.
-BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
 CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-
-
-class WeightsUnavailable(ModelUnavailable):
-    """The weights for a model cannot be found locally nor downloaded."""
 
 
 @functools.cache
@@ -217,18 +217,14 @@ def read_model_config(model_name: str, model_dir: Path | None) -> dict[str, Any]
     return {}
 
 
-def _pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch  # only when the model loads: see read_model_config
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+Parts = tuple[Any, Any, Any]  # model, eval transform, tokenizer
 
 
-class OpenClipEmbedder:
-    """open_clip model behind the Embedder protocol. Loads on first use."""
+class OpenClipEmbedder(LazyModel[Parts]):
+    """open_clip model behind the Embedder protocol. Loads on first use (LazyModel)."""
 
     space = "clip"
+    family = "open_clip"
 
     def __init__(
         self,
@@ -236,14 +232,11 @@ class OpenClipEmbedder:
         pretrained: str = "laion2b_s34b_b79k",
         model_dir: Path | None = None,
         device: str = "auto",
+        runtime: Runtime | None = None,
     ) -> None:
+        super().__init__(model_name, model_dir=model_dir, device=device, runtime=runtime)
         self.model_name = model_name
         self.pretrained = pretrained
-        self.model_dir = model_dir
-        self.requested_device = device
-        self.device = device  # "auto" is resolved when the model loads
-        self._lock = threading.Lock()
-        self._parts: tuple[Any, Any, Any] | None = None
         self._cfg: dict[str, Any] | None = None
 
     @property
@@ -254,15 +247,18 @@ class OpenClipEmbedder:
         tag = f"file:{p.name}" if p.is_file() else self.pretrained
         return f"open_clip/{self.model_name}/{tag}"
 
-    def _ensure(self) -> tuple[Any, Any, Any]:
-        if self._parts is None:
-            with self._lock:
-                if self._parts is None:
-                    weights = resolve_weights(self.model_name, self.pretrained, self.model_dir)
-                    md = str(self.model_dir) if self.model_dir else None
-                    self.device = _pick_device(self.requested_device)
-                    self._parts = _load(self.model_name, weights, self.pretrained, md, self.device)
-        return self._parts
+    def _load(self) -> Parts:
+        weights = resolve_weights(self.model_name, self.pretrained, self.model_dir)
+        md = str(self.model_dir) if self.model_dir else None
+        # Shared per process and arguments: several embedders of one model load it once.
+        return _load(self.model_name, weights, self.pretrained, md, self.device)
+
+    def _predict(self, model: Parts, inputs: Any) -> Any:
+        x = inputs.to(self.device)
+        return model[0].encode_image(x, normalize=True)
+
+    def _ensure(self) -> Parts:
+        return self.load()
 
     @property
     def model(self) -> Any:
@@ -299,21 +295,16 @@ class OpenClipEmbedder:
     def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
         import torch
 
-        model = self.model  # loads first, which settles self.device
-        x = torch.stack(list(batch)).to(self.device)
-        with torch.inference_mode():
-            feats = model.encode_image(x, normalize=True)
+        feats = self.predict(torch.stack(list(batch)))
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.embed_preprocessed([self.preprocess(im) for im in images])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        model, _, tokenizer = self._ensure()
+        model, _, tokenizer = self.load()
         tokens = tokenizer(list(texts)).to(self.device)
-        with torch.inference_mode():
+        with self.runtime.inference():
             feats = model.encode_text(tokens, normalize=True)
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
 

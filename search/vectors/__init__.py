@@ -58,12 +58,31 @@ class StoreLoader(Protocol):
 
 
 _FACTORIES: dict[str, tuple[Callable[..., VectorStore], Callable[..., VectorStore]]] = {}
+_DESCRIBERS: dict[str, Callable[[Path], dict[str, Any]]] = {}
 
 
 def register(
-    name: str, create: Callable[..., VectorStore], load: Callable[..., VectorStore]
+    name: str,
+    create: Callable[..., VectorStore],
+    load: Callable[..., VectorStore],
+    describe: Callable[[Path], dict[str, Any]] | None = None,
 ) -> None:
+    """describe(path) says what a saved index holds (vectors, model_id, dim) cheaply,
+    without loading it: `everlook stats` asks it instead of knowing file formats."""
     _FACTORIES[name] = (create, load)
+    if describe is not None:
+        _DESCRIBERS[name] = describe
+
+
+def describe(name: str, path: Path) -> dict[str, Any]:
+    _builtin(name)
+    info: dict[str, Any] = {"backend": name, "path": str(path), "exists": path.exists()}
+    if info["exists"] and name in _DESCRIBERS:
+        try:
+            info.update(_DESCRIBERS[name](path))
+        except Exception as exc:  # a corrupt file is reported, and rebuilt on open
+            info["problem"] = str(exc)
+    return info
 
 
 def _builtin(name: str) -> None:

@@ -155,4 +155,12 @@ def _create(info: IndexInfo, **_: Any) -> FaissStore:
     return FaissStore(info)
 
 
-register("faiss", _create, load_faiss)
+def describe_faiss(path: Path) -> dict[str, Any]:
+    header, _ = read_header(path)
+    return {
+        "bytes": path.stat().st_size, "vectors": header.get("count"),
+        "model_id": header.get("model_id"), "dim": header.get("dim"),
+    }  # fmt: skip
+
+
+register("faiss", _create, load_faiss, describe_faiss)

@@ -1,0 +1,259 @@
+"""`everlook search`, `show` and `classify`: asking the library questions."""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from everlook.cli import EXIT_USAGE, _fail_config, _parts, app, emit_json, err, out, shown
+
+Opt = typer.Option
+
+
+def _has(spec: str) -> tuple[str, int]:
+    """``dog`` or ``person:2`` (at least two people)."""
+    label, _, count = spec.rpartition(":") if ":" in spec else (spec, "", "1")
+    if not label.strip() or not count.isdigit() or int(count) < 1:
+        raise typer.BadParameter(f"{spec!r}: use LABEL or LABEL:COUNT (e.g. person:2)")
+    return label.strip(), int(count)
+
+
+def _date(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{name} {value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+
+
+@app.command()
+def search(
+    text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    image: Annotated[Path | None, Opt("--image", help="Find images like this file.")] = None,
+    like: Annotated[
+        str | None, Opt("--like", help="Find images like this indexed path or item id.")
+    ] = None,
+    k: Annotated[int, Opt("-k", "--top", min=1, max=10000, help="How many results.")] = 10,
+    min_score: Annotated[
+        float | None, Opt("--min-score", help="Drop results below this cosine similarity.")
+    ] = None,
+    has: Annotated[
+        list[str] | None,
+        Opt("--has", help="Contains this object (repeatable); LABEL:N for at least N."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, Opt("--tag", help="Panoptic tag, e.g. sky, grass (repeatable).")
+    ] = None,
+    style: Annotated[str | None, Opt("--style", help='Artist style, e.g. "Claude Monet".')] = None,
+    min_style: Annotated[
+        float | None, Opt("--min-style", min=0, max=1, help="Style score --style needs (0..1).")
+    ] = None,
+    label: Annotated[
+        list[str] | None, Opt("--label", help="A stored label, e.g. an ImageNet class.")
+    ] = None,
+    kind: Annotated[str | None, Opt("--kind", help="image or audio.")] = None,
+    after: Annotated[str | None, Opt("--after", help="Taken on/after (else file time).")] = None,
+    before: Annotated[str | None, Opt("--before", help="Taken before this date.")] = None,
+    camera: Annotated[str | None, Opt("--camera", help="Camera make/model contains.")] = None,
+    path_glob: Annotated[str | None, Opt("--path-glob", help="Path matches this glob.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Search by text, an image file (--image) or an indexed item (--like), narrowed by
+    filters; with filters alone, list the matching items."""
+    from catalog.filters import Filters
+    from indexer.media import MediaError, decode_image, read_file
+    from search.embedders import ModelUnavailable
+
+    given = sum(x is not None for x in (text, image, like))
+    if kind is not None and kind not in ("image", "audio"):
+        err.print(f"[red]error:[/red] --kind must be image or audio, not {kind!r}")
+        raise typer.Exit(EXIT_USAGE)
+    parts = _parts()
+    s = parts.settings
+    filters = Filters(
+        has=[_has(h) for h in has or []], min_confidence=s.has_min_confidence,
+        tags=list(tag or []), styles=[style] if style else [],
+        min_style=s.style_min_score if min_style is None else min_style,
+        min_artwork=s.artwork_min_score, labels=list(label or []), kind=kind,
+        after=_date(after, "--after"), before=_date(before, "--before"), camera=camera,
+        path_glob=path_glob,
+    )  # fmt: skip
+    if given > 1 or (given == 0 and not filters.active()):
+        err.print(
+            "[red]error:[/red] give one of TEXT, --image FILE or --like PATH_OR_ID, "
+            "or filters alone"
+        )
+        raise typer.Exit(EXIT_USAGE)
+    engine = parts.engine()
+    try:
+        if text is not None:
+            hits = engine.by_text(text, k, min_score, filters)
+        elif image is not None:
+            try:
+                raw = read_file(str(image), parts.limits())
+                decoded = decode_image(raw.data, parts.limits())
+            except MediaError as exc:
+                err.print(f"[red]error:[/red] cannot use {image} as a query: {exc}")
+                raise typer.Exit(EXIT_USAGE) from exc
+            hits = engine.by_image(decoded.image, k, min_score, filters)
+        elif like is not None:
+            hits = engine.by_item(resolve_item(parts, like), k, min_score, filters)
+        else:
+            hits = engine.by_filters(filters, k)
+    except (ModelUnavailable, LookupError) as exc:
+        raise _fail_config(exc) from exc
+    details = parts.catalog.stages.enrichment([h.item_id for h in hits])
+    rows = [_row(n, h, details[h.item_id], s.artwork_min_score) for n, h in enumerate(hits, 1)]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print("no results")
+        return
+    # Plain aligned lines rather than a rich table: paths are never cut or folded,
+    # since users copy them into other commands and pipes.
+    width = max(len(str(r["item_id"])) for r in rows)
+    print(f"{'#':>3}  {'score':>7}  {'id':>{width}}  path")
+    for r in rows:
+        extra = f"  (+{len(r['paths']) - 1} more)" if len(r["paths"]) > 1 else ""
+        path = shown(r["path"]) if r["path"] else "?"
+        score = "      -" if r["score"] is None else f"{r['score']:>7.4f}"
+        print(f"{r['rank']:>3}  {score}  {r['item_id']:>{width}}  {path}{extra}")
+        about = _about(r)
+        if about:
+            print(f"{'':>3}  {'':>7}  {'':>{width}}  {about}")
+
+
+def _row(n: int, hit: Any, detail: dict[str, Any], min_artwork: float) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for d in detail["detections"]:
+        counts[d["label"]] = counts.get(d["label"], 0) + 1
+    labels = detail["labels"]
+    artwork = (labels.get("artwork") or [{"score": 0.0}])[0]["score"]
+    styles = labels.get("style", []) if artwork >= min_artwork else []
+    return {
+        "rank": n, "item_id": hit.item_id,
+        "score": None if math.isnan(hit.score) else round(hit.score, 6),
+        "path": hit.paths[0] if hit.paths else None, "paths": hit.paths,
+        "objects": counts, "tags": detail["tags"],
+        "styles": [{"artist": x["label"], "score": x["score"]} for x in styles],
+        "artwork": artwork if "artwork" in labels else None,
+        "labels": [{"label": x["label"], "score": x["score"]} for x in labels.get("imagenet", [])],
+    }  # fmt: skip
+
+
+def _about(r: dict[str, Any]) -> str:
+    bits = []
+    if r["objects"]:
+        bits.append("objects: " + ", ".join(f"{k}×{v}" for k, v in r["objects"].items()))
+    if r["tags"]:
+        bits.append("tags: " + ", ".join(r["tags"][:8]))
+    if r["styles"]:
+        bits.append("style: " + ", ".join(f"{x['artist']} {x['score']:.0%}" for x in r["styles"]))
+    if r["labels"]:
+        bits.append("labels: " + ", ".join(x["label"] for x in r["labels"][:3]))
+    return " · ".join(bits)
+
+
+def resolve_item(parts: Any, ref: str) -> int:
+    if ref.isdigit() and not os.path.exists(ref):
+        if parts.catalog.item_exists(int(ref)):
+            return int(ref)
+        raise LookupError(f"no item with id {ref}")
+    item_id = parts.catalog.item_id_for_path(os.path.abspath(ref))
+    if item_id is None:
+        raise LookupError(f"{shown(ref)} is not in the catalog (index it first)")
+    return int(item_id)
+
+
+@app.command()
+def show(
+    item: Annotated[str, typer.Argument(help="Item id or indexed path.")],
+    as_json: Annotated[bool, Opt("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Everything Everlook knows of one item: metadata, paths, objects, tags, styles."""
+    parts = _parts()
+    try:
+        detail = parts.catalog.item(resolve_item(parts, item))
+    except LookupError as exc:
+        raise _fail_config(exc) from exc
+    assert detail is not None
+    if as_json:
+        emit_json(detail)
+        return
+    print(f"item {detail['id']} ({detail['kind']}, {detail['format']}, "
+          f"{detail['width']}x{detail['height']}, {detail['size_bytes']} bytes)")  # fmt: skip
+    for p in detail["paths"]:
+        print(f"  path     {shown(p)}")
+    for key in ("taken_at", "camera_make", "camera_model", "gps"):
+        if detail.get(key):
+            print(f"  {key:<8} {detail[key]}")
+    for d in detail["detections"]:
+        box = ", ".join(f"{v:.3f}" for v in d["box"])
+        print(f"  object   {d['label']} {d['confidence']:.0%} [{box}]")
+    for g in detail["segments"]:
+        print(f"  segment  {g['label']} ({'thing' if g['thing'] else 'stuff'}) {g['area']:.1%}")
+    for kind_, rows in detail["labels"].items():
+        print(f"  {kind_:<8} " + ", ".join(f"{r['label']} {r['score']:.1%}" for r in rows))
+    for st in detail["stages"]:
+        why = f": {st['error']}" if st["error"] else ""
+        print(f"  stage    {st['stage']} {st['status']} ({st['model_id']}){why}")
+
+
+@app.command()
+def classify(
+    target: Annotated[str, typer.Argument(help="Item id, indexed path, or an image file.")],
+    labels: Annotated[
+        str | None, Opt("--labels", help="Comma-separated labels, e.g. cat,dog,bird.")
+    ] = None,
+    imagenet: Annotated[bool, Opt("--imagenet", help="The ImageNet-1k labels.")] = False,
+    k: Annotated[int, Opt("-k", "--top", min=1, max=1000, help="How many to print.")] = 5,
+    as_json: Annotated[bool, Opt("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Zero-shot classification of an item or a file against labels, ranked."""
+    import numpy as np
+
+    from enrich.zeroshot import parse_labels
+    from indexer.media import MediaError, decode_image, read_file
+    from search.embedders import ModelUnavailable
+
+    if (labels is None) == (not imagenet):
+        err.print("[red]error:[/red] give --labels a,b,c or --imagenet (one of them)")
+        raise typer.Exit(EXIT_USAGE)
+    parts = _parts()
+    try:
+        names = parse_labels(labels) if labels is not None else None
+        vec = _vector_of(parts, target, np, (read_file, decode_image))
+        clf = parts.classifier()
+        ranked = clf.classify_imagenet(vec, k) if names is None else clf.classify(vec, names)
+    except (ModelUnavailable, LookupError, ValueError, MediaError) as exc:
+        raise _fail_config(exc) from exc
+    rows = [{"label": n, "score": round(float(p), 6)} for n, p in ranked[0][:k]]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        print(f"{r['score']:>7.1%}  {r['label']}")
+
+
+def _vector_of(parts: Any, target: str, np: Any, media: Any) -> Any:
+    """The CLIP vector of an item (stored) or of an image file (embedded now)."""
+    read_file, decode_image = media
+    try:
+        item_id: int | None = resolve_item(parts, target)
+    except LookupError:
+        item_id = None
+    if item_id is not None:
+        stored = parts.catalog.embedding(item_id, "clip")
+        if stored is not None and stored[0] == parts.embedder.model_id:
+            return np.frombuffer(stored[1], dtype=np.float32)[None, :]
+    if not os.path.isfile(target):
+        raise LookupError(f"{shown(target)} is neither an indexed item nor an image file")
+    raw = read_file(target, parts.limits())
+    return parts.embedder.embed_images([decode_image(raw.data, parts.limits()).image])

@@ -1,0 +1,250 @@
+"""Stages over items: the unit of enrichment work is (item, stage).
+
+A stage says its name, its model id (provenance), which item kinds it takes and what
+input it needs: the decoded picture (``image``) or the item's CLIP vector (``clip``).
+The catalog tracks pending/done/failed per (item, stage); the :class:`StageRunner` runs
+batches, isolates a failing item from its batch, records results in one transaction per
+batch, and backfills whatever is pending (a stage enabled later, a model changed, a
+failure with attempts left).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from catalog import Catalog
+from catalog.results import StageOutput
+from indexer.media import Limits, MediaError, decode_image, read_file
+from search.model_base import ModelUnavailable
+
+log = logging.getLogger("everlook.stages")
+
+
+@dataclass
+class Work:
+    """One item handed to a stage: its picture and/or its CLIP vector, as the stage needs."""
+
+    item_id: int
+    kind: str = "image"
+    image: Image.Image | None = None
+    vector: np.ndarray | None = None
+
+
+@runtime_checkable
+class Stage(Protocol):
+    name: str  # "detect/yolo", "panoptic", "style", "labels"
+    kinds: frozenset[str]  # item kinds it takes
+    needs: str  # "image" (decoded RGB picture) or "clip" (the item's CLIP vector)
+    image_side: int  # long side the picture must keep for this stage (0: no pixels)
+
+    @property
+    def model_id(self) -> str: ...
+
+    def run(self, batch: Sequence[Work]) -> list[StageOutput]:
+        """One output per input, same order. Raising fails the batch (then each item
+        is retried alone, so one bad item fails alone)."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., Stage]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Stage]], Callable[..., Stage]]:
+    def deco(factory: Callable[..., Stage]) -> Callable[..., Stage]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def create(name: str, **kwargs: Any) -> Stage:
+    if name not in _REGISTRY:
+        import indexer.enrich_stages  # noqa: F401  (registers the built-in stages)
+    try:
+        return _REGISTRY[name](**kwargs)
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(available())}") from None
+
+
+def available() -> list[str]:
+    import indexer.enrich_stages  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+@dataclass
+class RunStats:
+    done: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # stage -> why (config)
+
+    def add(self, stage: str, done: int, failed: int) -> None:
+        self.done[stage] = self.done.get(stage, 0) + done
+        self.failed[stage] = self.failed.get(stage, 0) + failed
+
+
+class StageRunner:
+    """Runs enrichment stages on batches of items and records the outcome."""
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        catalog: Catalog,
+        limits: Limits | None = None,
+        max_attempts: int = 3,
+        batch_size: int = 16,
+        workers: int = 2,
+        clip_model_id: str = "",
+    ) -> None:
+        self.stages = list(stages)
+        self.catalog = catalog
+        self.limits = limits or Limits()
+        self.max_attempts = max_attempts
+        self.batch_size = batch_size
+        self.workers = workers
+        self.clip_model_id = clip_model_id  # which stored vectors "clip" stages read
+        self.stats = RunStats()
+
+    @property
+    def image_side(self) -> int:
+        """Long side a decoded picture must keep for every enabled image stage."""
+        return max((s.image_side for s in self.live("image")), default=0)
+
+    def live(self, needs: str | None = None) -> list[Stage]:
+        return [
+            s for s in self.stages
+            if s.name not in self.stats.unavailable and (needs is None or s.needs == needs)
+        ]  # fmt: skip
+
+    # ---- one batch -----------------------------------------------------------------------
+    def run_batch(self, works: Sequence[Work]) -> None:
+        """Every live stage on the works it takes; results stored per stage and batch."""
+        for stage in self.live():
+            todo = [w for w in works if w.kind in stage.kinds and _has_input(stage, w)]
+            if todo:
+                self._run_stage(stage, todo)
+
+    def _run_stage(self, stage: Stage, todo: Sequence[Work]) -> None:
+        try:
+            model_id = stage.model_id
+            outputs = dict(zip([w.item_id for w in todo], stage.run(todo), strict=True))
+            failures: dict[int, str] = {}
+        except ModelUnavailable as exc:
+            # A configuration problem, not the items': this stage stops for the run,
+            # the others go on, and its work stays pending.
+            self.stats.unavailable[stage.name] = str(exc)
+            log.error("stage %s is unavailable: %s", stage.name, exc)
+            return
+        except Exception:
+            outputs, failures = self._one_by_one(stage, todo)
+            model_id = stage.model_id
+        self.catalog.stages.save(stage.name, model_id, outputs, failures)
+        self.stats.add(stage.name, len(outputs), len(failures))
+
+    def _one_by_one(
+        self, stage: Stage, todo: Sequence[Work]
+    ) -> tuple[dict[int, StageOutput], dict[int, str]]:
+        outputs: dict[int, StageOutput] = {}
+        failures: dict[int, str] = {}
+        for w in todo:
+            try:
+                outputs[w.item_id] = stage.run([w])[0]
+            except ModelUnavailable:
+                raise
+            except Exception as exc:
+                failures[w.item_id] = f"{type(exc).__name__}: {exc}"
+                log.warning("stage %s failed on item %d: %s", stage.name, w.item_id, exc)
+        return outputs, failures
+
+    # ---- backfill ------------------------------------------------------------------------
+    def pending(self, stage: Stage) -> dict[str, int]:
+        return self.catalog.stages.progress(
+            stage.name, stage.model_id, stage.kinds, self.max_attempts
+        )
+
+    def backfill(
+        self, only: Sequence[str] | None = None, progress: Callable[[str, int], None] | None = None
+    ) -> RunStats:
+        """Do every pending (item, stage): stages enabled later, models changed, retries."""
+        for stage in self.live():
+            if only and stage.name not in only:
+                continue
+            for batch in self._pending_batches(stage):
+                works = self._inputs(stage, batch)
+                if works:
+                    self._run_stage(stage, works)
+                if stage.name in self.stats.unavailable:
+                    break
+                if progress:
+                    progress(stage.name, len(batch))
+        return self.stats
+
+    def _pending_batches(self, stage: Stage) -> Iterator[list[int]]:
+        after = 0
+        while True:
+            ids = self.catalog.stages.pending(
+                stage.name, stage.model_id, stage.kinds, self.max_attempts,
+                self.batch_size, after,
+            )  # fmt: skip
+            if not ids:
+                return
+            yield ids
+            after = ids[-1]
+
+    def _inputs(self, stage: Stage, ids: list[int]) -> list[Work]:
+        kinds = self.catalog.items_of_kind(ids)
+        if stage.needs == "clip":
+            vecs = self._vectors(ids)
+            # An item not embedded yet is not a failure: it comes back once it is.
+            return [Work(i, kinds.get(i, "image"), vector=vecs[i]) for i in ids if i in vecs]
+        paths = self.catalog.paths_for(ids)
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            got = list(pool.map(lambda i: self._decode(i, paths.get(i, [])), ids))
+        works, failures = [], {}
+        for item_id, res in zip(ids, got, strict=True):
+            if isinstance(res, str):
+                failures[item_id] = res
+            else:
+                works.append(Work(item_id, kinds.get(item_id, "image"), image=res))
+        if failures:
+            self.catalog.stages.save(stage.name, stage.model_id, {}, failures)
+            self.stats.add(stage.name, 0, len(failures))
+        return works
+
+    def _vectors(self, ids: list[int]) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for rows in self.catalog.iter_embeddings("clip", self.clip_model_id, only=ids):
+            for item_id, vec in rows:
+                out[item_id] = np.frombuffer(vec, dtype=np.float32)
+        return out
+
+    def _decode(self, item_id: int, paths: list[str]) -> Image.Image | str:
+        """The item's picture from the first of its paths that decodes, or the reason."""
+        why = "no path left for this item"
+        for path in paths:
+            try:
+                raw = read_file(path, self.limits)
+                return shrink(decode_image(raw.data, self.limits, self.image_side).image,
+                              self.image_side)  # fmt: skip
+            except MediaError as exc:
+                why = f"{path}: {exc}"
+        return why
+
+
+def _has_input(stage: Stage, w: Work) -> bool:
+    return (w.image is not None) if stage.needs == "image" else (w.vector is not None)
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """Bound the long side (keeps memory flat while a batch waits for its stages)."""
+    if side and max(image.size) > side:
+        image = image.copy()
+        image.thumbnail((side, side), Image.Resampling.BICUBIC)
+    return image
