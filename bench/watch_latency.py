@@ -45,6 +45,7 @@ def photos(n: int, side: tuple[int, int]) -> list[bytes]:
 def run(
     model: str, tag: str, model_dir: Path | None, files: list[bytes], quiet: float
 ) -> list[float]:
+    from catalog.jobs import JobQueue
     from everlook.settings import Settings
     from everlook.wiring import Parts
     from indexer.scan import ScanRules
@@ -63,6 +64,7 @@ def run(
         watcher = Watcher(
             parts.pipeline(rules),
             parts.catalog,
+            JobQueue(parts.catalog.engine),
             [str(lib)],
             rules,
             WatchOptions(quiet_seconds=quiet),

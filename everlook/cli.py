@@ -191,7 +191,7 @@ def watch(
     import signal
 
     from indexer.scan import ScanRules
-    from indexer.watch import Watcher, WatchOptions, summary
+    from indexer.watch import WatchOptions, summary
     from search.embedders import ModelUnavailable
 
     for p in paths:
@@ -208,7 +208,7 @@ def watch(
         batch_size=s.batch_size,
     )
     rules = ScanRules(s.include, s.exclude, s.include_hidden)
-    watcher = Watcher(parts.pipeline(rules), parts.catalog, [str(p) for p in paths], rules, opts)
+    watcher = parts.watcher([str(p) for p in paths], rules, opts)
 
     def on_signal(signum: int, _frame: Any) -> None:
         logging.getLogger("everlook.watch").info(

@@ -123,6 +123,16 @@ class Parts:
             cache_dir=self.settings.home / "cache" / "prompts",
         )  # fmt: skip
 
+    def watcher(self, roots: Sequence[str], rules: ScanRules, options: Any = None) -> Any:
+        """A watcher over roots: the pipeline embeds new files at once; enrichment stages
+        run in the background when the queue is idle."""
+        from catalog.jobs import JobQueue
+        from indexer.watch import Watcher
+
+        pipeline = self.pipeline(rules, inline_stages=False)
+        queue = JobQueue(self.catalog.engine)
+        return Watcher(pipeline, self.catalog, queue, roots, rules, options, pipeline.stages)
+
     def engine(self) -> SearchEngine:
         return SearchEngine(self.embedder, self.index, self.catalog)
 

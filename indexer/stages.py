@@ -111,6 +111,7 @@ class StageRunner:
         self.workers = workers
         self.clip_model_id = clip_model_id  # which stored vectors "clip" stages read
         self.stats = RunStats()
+        self._cursor: dict[str, int] = {}
 
     @property
     def image_side(self) -> int:
@@ -185,6 +186,26 @@ class StageRunner:
                 if progress:
                     progress(stage.name, len(batch))
         return self.stats
+
+    def backfill_step(self) -> bool:
+        """One batch of pending work (the watcher calls this when idle). True when
+        something was run; each stage keeps a cursor so items it cannot take yet (not
+        embedded) do not spin the loop."""
+        for stage in self.live():
+            after = self._cursor.get(stage.name, 0)
+            ids = self.catalog.stages.pending(
+                stage.name, stage.model_id, stage.kinds, self.max_attempts,
+                self.batch_size, after,
+            )  # fmt: skip
+            if not ids:
+                self._cursor[stage.name] = 0  # next time, start over from the first item
+                continue
+            self._cursor[stage.name] = ids[-1]
+            works = self._inputs(stage, ids)
+            if works:
+                self._run_stage(stage, works)
+            return True
+        return False
 
     def _pending_batches(self, stage: Stage) -> Iterator[list[int]]:
         after = 0

@@ -43,6 +43,7 @@ from catalog import Catalog
 from catalog.jobs import JobQueue, rename_paths
 from indexer.pipeline import Pipeline, Report
 from indexer.scan import Found, ScanRules, scan
+from indexer.stages import StageRunner
 
 log = logging.getLogger("everlook.watch")
 
@@ -83,13 +84,19 @@ class Watcher:
         self,
         pipeline: Pipeline,
         catalog: Catalog,
+        queue: JobQueue,
         roots: Sequence[str],
         rules: ScanRules,
         options: WatchOptions | None = None,
+        stages: StageRunner | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.catalog = catalog
-        self.queue = JobQueue(catalog.engine)
+        self.queue = queue
+        self.index = pipeline.index
+        # Enrichment runs here, one batch at a time when no file is due, so a new file
+        # is searchable within the quiet period however much enrichment is pending.
+        self.stages = stages
         self.roots = [os.path.abspath(r) for r in roots]
         self.rules = rules
         self.opts = options or WatchOptions()
@@ -232,7 +239,7 @@ class Watcher:
         jobs = self.queue.claim(time.time(), self.opts.batch_size * 4)
         if not jobs:
             self._save()
-            return False
+            return self.stages is not None and self.stages.backfill_step()
         now = time.time()
         index, dirs_gone, done = [], [], []
         for job in jobs:
@@ -295,7 +302,7 @@ class Watcher:
         ):
             # Saving rewrites the whole index file, so it waits for a lull; a crash before
             # it loses nothing (the index is reconciled with the catalog on start).
-            self.pipeline.index.save()
+            self.index.save()
             self._dirty_since, self._last_save = None, now
 
     def _count(self, r: Report) -> None:

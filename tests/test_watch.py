@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from catalog.jobs import JobQueue
 from indexer.scan import ScanRules
 from indexer.watch import Watcher, WatchOptions
 from tests.helpers import jpeg_bytes, make_library, picture, save
@@ -70,7 +71,9 @@ def watching(parts, tmp_path: Path) -> Iterator[Watching]:
     pipeline.embedder = counter
     rules = ScanRules(parts.settings.include, [], False)
     opts = WatchOptions(quiet_seconds=QUIET, batch_size=8, save_idle_seconds=0.2)
-    watcher = Watcher(pipeline, parts.catalog, [str(lib)], rules, opts)
+    watcher = Watcher(
+        pipeline, parts.catalog, JobQueue(parts.catalog.engine), [str(lib)], rules, opts
+    )
     watcher.start()
     thread = threading.Thread(target=watcher.run_forever, daemon=True)
     thread.start()
@@ -217,6 +220,7 @@ def test_changes_made_while_not_watching_are_reconciled_on_start(parts, tmp_path
     watcher = Watcher(
         parts.pipeline(),
         parts.catalog,
+        JobQueue(parts.catalog.engine),
         [str(lib)],
         ScanRules(parts.settings.include),
         WatchOptions(quiet_seconds=QUIET),
@@ -243,6 +247,7 @@ def test_inotify_refusal_falls_back_to_polling_with_a_log_line(
     watcher = Watcher(
         parts.pipeline(),
         parts.catalog,
+        JobQueue(parts.catalog.engine),
         [str(lib)],
         ScanRules(parts.settings.include),
         WatchOptions(quiet_seconds=0.1, poll_interval=0.2),
