@@ -250,3 +250,37 @@ def test_stage_inputs_follow_what_the_stage_needs(env, monkeypatch, tmp_path):
     assert np.array_equal(works[0].vector, vec)
     works = runner._inputs(det, [1, 2])
     assert all(isinstance(w, Work) and max(w.image.size) <= 640 for w in works)
+
+
+def test_the_watcher_embeds_new_files_first_and_enriches_them_when_idle(
+    env, monkeypatch, tmp_path: Path
+):
+    import threading
+
+    from indexer.scan import ScanRules
+    from indexer.watch import WatchOptions
+    from tests.helpers import picture, save
+    from tests.test_watch import wait_for
+
+    parts = make_parts(monkeypatch, ["style", "labels"])
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    rules = ScanRules(parts.settings.include)
+    watcher = parts.watcher([str(lib)], rules, WatchOptions(quiet_seconds=0.2))
+    assert watcher.pipeline.inline_stages is False
+    watcher.start()
+    thread = threading.Thread(target=watcher.run_forever, daemon=True)
+    thread.start()
+    try:
+        path = save(picture(5), lib / "new.jpg")
+        item = wait_for(lambda: parts.catalog.item_id_for_path(str(path)), what="indexed")
+        wait_for(
+            lambda: len(statuses(parts, "labels")) == 1 and len(statuses(parts, "style")) == 1,
+            what="background enrichment",
+        )
+        assert {s["stage"] for s in parts.catalog.item(item)["stages"]} == {
+            "embed/clip", "style", "labels"
+        }  # fmt: skip
+    finally:
+        watcher.stop()
+        thread.join(timeout=10)
