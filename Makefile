@@ -5,9 +5,17 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install test test-fast lint format demo bench clean
 
+# detectron2 is not on the package index: ../shared/wheels holds a build of its official
+# source for this torch; where that folder exists it is installed, so the detectron2
+# segmenter runs in the tests (elsewhere the Mask2Former backend stands in).
+WHEELS ?= ../shared/wheels
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev,mask2former]'
+	if [ -d $(WHEELS) ] && ls $(WHEELS)/detectron2-*.whl >/dev/null 2>&1; then \
+		$(PY) -m pip install --quiet --disable-pip-version-check \
+			--find-links $(WHEELS) 'detectron2' 'setuptools<81'; fi
 	touch $(STAMP)
 
 install: $(STAMP)
