@@ -284,3 +284,44 @@ def test_the_watcher_embeds_new_files_first_and_enriches_them_when_idle(
     finally:
         watcher.stop()
         thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_panoptic_tags_from_detectron2_are_stored_shown_and_filterable(
+    cli, env, monkeypatch, tmp_path: Path, shared_images: Path
+):
+    """Panoptic FPN from its own config, random weights saved where real ones go, run by
+    `everlook index` on real photos; its tags then filter searches exactly."""
+    import shutil
+
+    from tests.test_segmenter_contract import needs, save_detectron2
+
+    needs("detectron2")
+    model_dir = tmp_path / "models"
+    shutil.copytree(env["EVERLOOK_MODEL_DIR"], model_dir)
+    save_detectron2(model_dir)
+    monkeypatch.setenv("EVERLOOK_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("EVERLOOK_STAGES", json.dumps(["panoptic"]))
+    monkeypatch.setenv("EVERLOOK_PANOPTIC_BACKEND", "auto")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("dog_with-bicycle-and-truck_darknet.jpg", "animals_giraffe-and-zebra_darknet.jpg"):
+        shutil.copy(shared_images / name, lib / name)
+    make_library(lib, 1)
+    code, summary = cli.json("index", str(lib))
+    assert code == 0, summary
+    assert summary["stages"]["done"] == {"panoptic": 3}
+    tags: dict[int, set[str]] = {}
+    for item in (1, 2, 3):
+        detail = cli.json("show", str(item))[1]
+        assert detail["segments"], "the stuff head labels every picture somewhere"
+        assert all(
+            s["model_id"].startswith("detectron2/panoptic_fpn_R_50_3x") for s in detail["segments"]
+        )
+        assert sum(s["area"] for s in detail["segments"]) <= 1 + 1e-6
+        tags[item] = set(detail["tags"])
+    some = sorted(set.union(*tags.values()))[0]
+    code, hits = cli.json("search", "anything", "--tag", some, "-k", "10")
+    assert code == 0
+    assert sorted(h["item_id"] for h in hits) == sorted(i for i, t in tags.items() if some in t)
+    assert all(some in h["tags"] for h in hits)
