@@ -104,6 +104,18 @@ class Settings(BaseSettings):
         default_factory=list, description="Artists for style scores (JSON list); empty: 44 "
         "painters shipped with Everlook.",
     )  # fmt: skip
+    style_templates: list[str] = Field(
+        default_factory=list, description="Prompt templates for artists, each with {} "
+        "(JSON list); empty: the built-in ensemble.",
+    )  # fmt: skip
+    artwork_prompts: list[str] = Field(
+        default_factory=list, description="Sentences describing artworks, for the artwork "
+        "score (JSON list); empty: built-in.",
+    )  # fmt: skip
+    photo_prompts: list[str] = Field(
+        default_factory=list, description="Sentences describing photographs, for the "
+        "artwork score (JSON list); empty: built-in.",
+    )  # fmt: skip
     style_top_k: int = Field(default=3, ge=1, le=50, description="Artist scores kept per item.")
     style_min_score: float = Field(
         default=0.2, ge=0.0, le=1.0, description="Style score --style needs (0..1)."

@@ -91,9 +91,13 @@ class Parts:
         if name == "style":
             from enrich.style import ArtistStyleScorer
 
+            kw: dict[str, Any] = {}
+            for key in ("style_templates", "artwork_prompts", "photo_prompts"):
+                if getattr(s, key):  # empty: the scorer's built-in prompts
+                    kw[key.replace("style_", "")] = getattr(s, key)
             scorer = ArtistStyleScorer(
                 self.embedder, s.artists or None, top_k=s.style_top_k,
-                cache_dir=s.home / "cache" / "prompts",
+                cache_dir=s.home / "cache" / "prompts", **kw,
             )  # fmt: skip
             return stages.create(name, scorer=scorer)
         if name == "labels":

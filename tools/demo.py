@@ -12,6 +12,7 @@ real CLIP weights (the default ViT-B-32; see the README).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -56,12 +57,32 @@ def _write(folder: Path, scene: synthworld.Scene, seed: int, rng: random.Random,
     return 1
 
 
+def demo_settings() -> dict[str, str]:
+    """EVERLOOK_* settings of the demo: its CLIP, its YOLO, and its five drawing styles
+    standing in for artists (the demo model knows them, not real painters)."""
+    colours = list(synthworld.COLOURS)[:4]
+    artwork = [
+        f"a {st} artwork of a {c} {sh}" if st != "line art" else f"line art of a {c} {sh}"
+        for st in synthworld.STYLES for c in colours for sh in synthworld.SHAPES
+    ]  # fmt: skip
+    photo = [t for c in colours for sh in synthworld.SHAPES
+             for t in (f"a photo of a {c} {sh}", f"a {c} {sh}")]  # fmt: skip
+    return {
+        "EVERLOOK_CLIP_MODEL": "everlook-demo", "EVERLOOK_CLIP_PRETRAINED": "v1",
+        "EVERLOOK_STAGES": json.dumps(["detect/yolo", "style"]),
+        "EVERLOOK_YOLO_MODEL": "everlook-demo-yolo.pt",
+        "EVERLOOK_ARTISTS": json.dumps(list(synthworld.STYLES)),
+        "EVERLOOK_STYLE_TEMPLATES": json.dumps(["a {} artwork"]),
+        "EVERLOOK_ARTWORK_PROMPTS": json.dumps(artwork),
+        "EVERLOOK_PHOTO_PROMPTS": json.dumps(photo),
+    }  # fmt: skip
+
+
 def main() -> int:
     from everlook.settings import Settings
 
     base = Settings().home / "demo"
-    env = {**os.environ, "EVERLOOK_HOME": str(base), "EVERLOOK_CLIP_MODEL": "everlook-demo",
-           "EVERLOOK_CLIP_PRETRAINED": "v1"}  # fmt: skip
+    env = {**os.environ, "EVERLOOK_HOME": str(base), **demo_settings()}
     lib = base / "library"
     t0 = time.time()
     n = build_library(lib)
@@ -87,13 +108,18 @@ def main() -> int:
         ("search", "a mosaic artwork", "-k", "5"),
         ("search", "--image", str(query), "-k", "5"),
         ("search", "--like", str(like), "-k", "5"),
+        ("search", "stars", "--has", "star:3", "-k", "5"),
+        ("search", "an artwork", "--style", "mosaic", "-k", "5"),
+        ("show", str(like)),
         ("stats",),
     ):
         if everlook(*args) != 0:
             return 1
-    print(f"Done in {time.time() - t0:.0f}s. Try your own queries with "
-          f"EVERLOOK_HOME={base} EVERLOOK_CLIP_MODEL=everlook-demo EVERLOOK_CLIP_PRETRAINED=v1 "
-          f".venv/bin/everlook search \"...\"")  # fmt: skip
+    print(
+        f"Done in {time.time() - t0:.0f}s. Try your own queries with "
+        f"EVERLOOK_HOME={base} EVERLOOK_CLIP_MODEL=everlook-demo EVERLOOK_CLIP_PRETRAINED=v1 "
+        f'.venv/bin/everlook search "..." (tools/demo.py lists the other demo settings)'
+    )
     return 0
 
 
