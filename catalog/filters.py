@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -114,3 +115,24 @@ def matching_ids(s: Session, f: Filters, batch: int = 500) -> list[int]:
             if item_id not in keep and fnmatch.fnmatchcase(os.fsencode(path), pattern):
                 keep.add(item_id)
     return [i for i in ids if i in keep]
+
+
+def _phrase(text: str) -> str:
+    return f" {' '.join(re.findall(r'[a-z0-9]+', text.lower()))} "
+
+
+def labelled_in(s: Session, text: str, kind: str) -> dict[int, float]:
+    """Items carrying a stored label of this kind that the text names as a whole phrase
+    (case-insensitive): item id -> the best such label's score. The vocabulary is small
+    (the labels in use, at most ImageNet's 1,000), so it is matched in Python."""
+    words = _phrase(text)
+    vocab = s.scalars(select(LabelRow.label).where(LabelRow.kind == kind).distinct())
+    named = [v for v in vocab if _phrase(v) in words]
+    if not named:
+        return {}
+    rows = s.execute(
+        select(LabelRow.item_id, func.max(LabelRow.score))
+        .where(LabelRow.kind == kind, LabelRow.label.in_(named))
+        .group_by(LabelRow.item_id)
+    )
+    return {int(i): float(sc) for i, sc in rows}

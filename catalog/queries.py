@@ -12,7 +12,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from catalog.db import make_sessionmaker
-from catalog.filters import Filters, matching_ids
+from catalog.filters import Filters, labelled_in, matching_ids
 from catalog.models import (
     DetectionRow,
     Embedding,
@@ -146,6 +146,11 @@ class Catalog:
         meta["stages"] = self.stages.statuses(item_id)
         meta.update(self.stages.enrichment([item_id])[item_id])
         return meta
+
+    def items_labelled_in(self, text: str, kind: str = "imagenet") -> dict[int, float]:
+        """Items carrying a stored label the text names: item id -> best label score."""
+        with self.Session() as s:
+            return labelled_in(s, text, kind)
 
     def items_of_kind(self, item_ids: Sequence[int]) -> dict[int, str]:
         with self.Session() as s:

@@ -13,6 +13,12 @@ from catalog.filters import Filters
 from search.embedders import Embedder
 from search.index_sync import VectorIndex
 
+# How much a stored label named by a text query adds to an item's score, times the
+# label's probability: enough to lift a confidently labelled item past near-ties
+# (cosine similarities of CLIP text-image pairs sit around 0.2-0.35), never enough to
+# put an unrelated picture above a clearly better match.
+LABEL_BOOST = 0.05
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -57,7 +63,28 @@ class SearchEngine:
         self, text: str, k: int = 10, min_score: float | None = None,
         filters: Filters | None = None,
     ) -> list[Hit]:  # fmt: skip
-        return self.by_vector(self.embedder.embed_texts([text])[0], k, min_score, (), filters)
+        """Nearest items to the text; items whose stored labels (ImageNet classes from
+        the labels stage) the text names are also found, and gain LABEL_BOOST x the
+        label's probability on top of their cosine similarity."""
+        vec = self.embedder.embed_texts([text])[0]
+        hits = self.by_vector(vec, k, None, (), filters)
+        named = self.catalog.items_labelled_in(text)
+        if not named:
+            return [h for h in hits if min_score is None or h.score >= min_score]
+        allow = set(named)
+        if filters is not None and filters.active():
+            allow &= set(self.catalog.filter_ids(filters))
+        raw = self.index.store.search(vec.reshape(1, -1), k, allow=sorted(allow))[0]
+        scores = {h.item_id: h.score for h in hits}
+        scores.update({i: s for i, s in raw})
+        boosted = sorted(
+            ((i, s + LABEL_BOOST * named.get(i, 0.0)) for i, s in scores.items()),
+            key=lambda p: -p[1],
+        )[:k]
+        if min_score is not None:
+            boosted = [(i, s) for i, s in boosted if s >= min_score]
+        paths = self.catalog.paths_for([i for i, _ in boosted])
+        return [Hit(i, s, paths.get(i, [])) for i, s in boosted]
 
     def by_image(
         self, image: Image.Image, k: int = 10, min_score: float | None = None,

@@ -325,3 +325,32 @@ def test_panoptic_tags_from_detectron2_are_stored_shown_and_filterable(
     assert code == 0
     assert sorted(h["item_id"] for h in hits) == sorted(i for i, t in tags.items() if some in t)
     assert all(some in h["tags"] for h in hits)
+
+
+def test_a_text_search_also_finds_items_by_their_stored_labels(parts, tmp_path: Path):
+    from catalog.results import Label
+    from search.engine import LABEL_BOOST
+
+    make_library(tmp_path / "lib", 12)
+    parts.pipeline().run([str(tmp_path / "lib")])
+    engine = parts.engine()
+    query = "a zebra in the grass"
+    ranked = engine.by_vector(parts.embedder.embed_texts([query])[0], k=12)
+    plain = {h.item_id: h.score for h in ranked}
+    # The item just outside the top k whose gap to the k-th is smallest: a label the
+    # query names must lift it in, with exactly the documented boost.
+    k = min(range(1, 11), key=lambda n: ranked[n - 1].score - ranked[n].score)
+    outsider = ranked[k].item_id
+    gap = ranked[k - 1].score - ranked[k].score
+    assert gap < LABEL_BOOST, "the generated library has no near-tie to test with"
+    out = StageOutput(labels=[Label("imagenet", "zebra", 1.0), Label("imagenet", "hay", 0.1)])
+    parts.catalog.stages.save("labels", "test", {outsider: out}, {})
+    assert outsider not in [h.item_id for h in engine.by_vector(
+        parts.embedder.embed_texts([query])[0], k=k)]  # fmt: skip
+    hits = engine.by_text(query, k=k)
+    assert outsider in [h.item_id for h in hits], "found through its label"
+    got = next(h.score for h in hits if h.item_id == outsider)
+    assert got == pytest.approx(plain[outsider] + LABEL_BOOST, abs=1e-5)
+    # A label the text does not name as a whole word changes nothing.
+    assert outsider not in [h.item_id for h in engine.by_text("zebrastripe grass", k=k)]
+    assert engine.by_text(query, k=3, min_score=10.0) == []
