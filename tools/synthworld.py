@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -173,8 +174,28 @@ def _background(scene: Scene, rng: random.Random, side: int) -> np.ndarray:
     return np.clip(img, 0, 255)
 
 
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
+
+
 def render(scene: Scene, seed: int, side: int = 128) -> Image.Image:
     """Draw the scene (then its style, if any) as an RGB image side x side."""
+    return _render(scene, seed, side, None)
+
+
+def render_with_boxes(scene: Scene, seed: int, side: int = 128) -> tuple[Image.Image, list[Box]]:
+    """The same picture as render(), and each object's bounding box (for detection).
+
+    A box is the object's drawn extent as a shape (a crescent's real extent for a moon),
+    before any artwork style: a style changes how the object looks, not where it is.
+    """
+    boxes: list[Box] = []
+    return _render(scene, seed, side, boxes), boxes
+
+
+def _render(scene: Scene, seed: int, side: int, boxes: list[Box] | None) -> Image.Image:
+    # One drawing routine for both entry points: render() must stay bit-identical (the
+    # CLIP demo model was trained on it), so collecting boxes draws nothing onto the
+    # picture and consumes no randomness.
     rng = random.Random(seed)
     img = Image.fromarray(_background(scene, rng, side).astype(np.uint8))
     draw = ImageDraw.Draw(img)
@@ -201,15 +222,30 @@ def render(scene: Scene, seed: int, side: int = 128) -> Image.Image:
             od.ellipse((ox - 0.85 * r, oy - 0.85 * r, ox + 0.85 * r, oy + 0.85 * r), fill=0)
             img.paste(fill, mask=obj)
             mask.paste(255, mask=obj)
+            if boxes is not None:
+                boxes.append(_extent(obj))
             continue
-        for d, f in ((draw, fill), (mdraw, 255)):
+        targets: list[tuple[ImageDraw.ImageDraw, Any]] = [(draw, fill), (mdraw, 255)]
+        if boxes is not None:  # the object alone, so a neighbour never widens its box
+            obj = Image.new("L", img.size, 0)
+            targets.append((ImageDraw.Draw(obj), 255))
+        for d, f in targets:
             if scene.shape == "circle":
                 d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=f)
             else:
                 d.polygon(_polygon(scene.shape, cx, cy, r, angle), fill=f)
+        if boxes is not None:
+            boxes.append(_extent(obj))
     if scene.style is not None:
         img = stylise(img, scene.style, rng, mask, fill)
     return img
+
+
+def _extent(obj: Image.Image) -> Box:
+    """The pixels an object mask covers, as a box (Pillow's right/bottom are exclusive)."""
+    box = obj.getbbox()
+    assert box is not None, "an object always covers some pixels"
+    return box
 
 
 def stylise(
