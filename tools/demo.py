@@ -60,7 +60,7 @@ def _write(folder: Path, scene: synthworld.Scene, seed: int, rng: random.Random,
 def demo_settings() -> dict[str, str]:
     """EVERLOOK_* settings of the demo: its CLIP, its YOLO, and its five drawing styles
     standing in for artists (the demo model knows them, not real painters)."""
-    colours = list(synthworld.COLOURS)[:4]
+    colours = list(synthworld.COLOURS)
     artwork = [
         f"a {st} artwork of a {c} {sh}" if st != "line art" else f"line art of a {c} {sh}"
         for st in synthworld.STYLES for c in colours for sh in synthworld.SHAPES
