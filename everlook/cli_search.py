@@ -155,7 +155,8 @@ def _about(r: dict[str, Any]) -> str:
     if r["tags"]:
         bits.append("tags: " + ", ".join(r["tags"][:8]))
     if r["styles"]:
-        bits.append("style: " + ", ".join(f"{x['artist']} {x['score']:.0%}" for x in r["styles"]))
+        shown_styles = [x for x in r["styles"] if x["score"] >= 0.01] or r["styles"][:1]
+        bits.append("style: " + ", ".join(f"{x['artist']} {x['score']:.0%}" for x in shown_styles))
     if r["labels"]:
         bits.append("labels: " + ", ".join(x["label"] for x in r["labels"][:3]))
     return " · ".join(bits)
