@@ -195,6 +195,13 @@ never seen in training), through Everlook's `YoloDetector`, from
 | detection_map50_95 | {map50_95:.3f} |
 | detection_count_accuracy (exactly the right shape and count at conf 0.25) | {count:.3f} |
 
+## Limits
+
+Counting is least reliable where the demo world piles objects onto each other (it does
+so in about a quarter of the pictures of three large objects): a blob of two overlapping
+stars may be read as one, or as three. Pictures whose objects stand apart are counted
+right far more often (see `tests/test_detect.py`). Nothing outside the demo world.
+
 ## Licence
 
 The architecture and training code are ultralytics', licensed AGPL-3.0
@@ -240,14 +247,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000, help="training pictures")
     ap.add_argument("--val-images", type=int, default=100)
     ap.add_argument("--imgsz", type=int, default=160)
-    ap.add_argument("--minutes", type=float, default=14.0, help="training wall-clock budget")
+    ap.add_argument("--minutes", type=float, default=17.5, help="training wall-clock budget")
     ap.add_argument("--epochs", type=int, default=300, help="upper bound; --minutes decides")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=0.002, help="AdamW's initial learning rate")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--width", type=float, default=0.125, help="yolo11n uses 0.25")
     ap.add_argument("--depth", type=float, default=0.33, help="yolo11n uses 0.50")
-    ap.add_argument("--close-mosaic", type=int, default=3)
+    ap.add_argument("--close-mosaic", type=int, default=5)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument(
         "--card-only",
