@@ -23,25 +23,17 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.detect_cost import best_ms  # noqa: E402
 from bench.index_throughput import MODEL, TAG, camera_jpeg, save_random_weights  # noqa: E402
 from bench.segment_cost import CONFIG, M2F_REPO, save_detectron2, save_mask2former  # noqa: E402
 
-
-def best_ms(fn: Callable[[], object], per: int, rounds: int = 3) -> float:
-    fn()  # warm-up: lazy loads, predictor set-up, caches
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * min(times) / per
+ROUNDS = 3  # best of 3 after a warm-up call (lazy loads, caches)
 
 
 def parts_for(home: Path, model_dir: Path, stages: list[str], **extra: str) -> Any:
@@ -69,7 +61,7 @@ def per_stage(model_dir: Path, home: Path, n: int, panoptic: bool) -> dict[str, 
             for i in range(n)]  # fmt: skip
     parts = parts_for(home, model_dir, [])
     emb = parts.embedder
-    out = {"embed/clip": best_ms(lambda: emb.embed_images(pics), n)}
+    out = {"embed/clip": best_ms(lambda: emb.embed_images(pics), ROUNDS, n)}
     vecs = emb.embed_images(pics)
     clip_works = [Work(i + 1, vector=v) for i, v in enumerate(vecs)]
     names = ["detect/yolo", "style", "labels"]
@@ -87,9 +79,33 @@ def per_stage(model_dir: Path, home: Path, n: int, panoptic: bool) -> dict[str, 
             works = [Work(i + 1, image=shrink(im, stage.image_side)) for i, im in enumerate(pics)]
         else:
             works = clip_works
-        out[name] = best_ms(lambda s=stage, w=works: s.run(w), n)
+        out[name] = best_ms(lambda s=stage, w=works: s.run(w), ROUNDS, n)
         print(f"  {name:<22} {out[name]:9.1f} ms/image", flush=True)
     return out
+
+
+def prompt_cost(model_dir: Path, home: Path) -> None:
+    """The labels stage embeds 1,000 ImageNet classes x 7 templates once per model: time
+    a sample of those prompts padded to 77 tokens (open_clip's encode_text) and trimmed
+    after the end-of-text token (Everlook's), and scale to the 7,000."""
+    import torch
+
+    from enrich.zeroshot import imagenet_labels, simple_imagenet_templates
+    from search.embedders.clip import encode_text_trimmed
+
+    parts = parts_for(home, model_dir, [])
+    model, _, tokenizer = parts.embedder.load()
+    prompts = [t.format(c) for c in imagenet_labels()[:40] for t in simple_imagenet_templates()]
+    tokens = tokenizer(prompts)
+    timed = {}
+    for name, fn in (("padded to 77", lambda: model.encode_text(tokens, normalize=True)),
+                     ("trimmed", lambda: encode_text_trimmed(model, tokens))):  # fmt: skip
+        with torch.inference_mode():
+            timed[name] = best_ms(fn, 2, len(prompts))
+    print(f"\nImageNet prompt embeddings, first run per model ({len(prompts)} timed, x7000):")
+    for name, ms in timed.items():
+        print(f"  {name:<22} {ms:7.2f} ms/prompt -> {ms * 7:6.1f} s for 7,000 prompts")
+    print(f"  trimmed/padded         {timed['trimmed'] / timed['padded to 77']:7.2f}")
 
 
 def end_to_end(model_dir: Path, base: Path, files: int, panoptic: bool) -> dict[str, float]:
@@ -141,6 +157,7 @@ def main() -> None:
             save_detectron2(model_dir)
             save_mask2former(model_dir, 800)
         print("per stage (1600x1200 camera pictures, random weights):")
+        prompt_cost(model_dir, base / "home")
         ms = per_stage(model_dir, base / "home", args.images, panoptic)
         base_ms = ms["embed/clip"]
         print(f"\n  {'stage':<22} {'ms/image':>9} {'x embed/clip':>13}")

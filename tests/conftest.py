@@ -20,6 +20,18 @@ TINY = "everlook-tiny"
 TINY_TAG = "seed0"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ultralytics_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Ultralytics reads YOLO_CONFIG_DIR once per process, at import: point it at a
+    temporary folder for the whole session, so no test writes to the real home."""
+    folder = tmp_path_factory.mktemp("ultralytics")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("YOLO_CONFIG_DIR", str(folder))
+        mp.setenv("YOLO_VERBOSE", "false")
+        mp.setenv("YOLO_AUTOINSTALL", "false")
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """EVERLOOK_MODEL_DIR holding the tiny config and its seeded random weights.

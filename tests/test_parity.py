@@ -173,3 +173,21 @@ def test_a_local_copy_of_a_tagged_checkpoint_is_preprocessed_as_the_tag(tmp_path
     with torch.no_grad():
         want = ref.eval().encode_image(x.unsqueeze(0), normalize=True)[0].numpy()
     assert float(emb.embed_images([img])[0] @ want) >= 0.99999
+
+
+def test_text_embeddings_trimmed_after_the_end_of_text_token_equal_the_padded_ones(parts):
+    """Exact under CLIP's causal mask: cutting the padding changes no result."""
+    import torch
+
+    from search.embedders.clip import encode_text_trimmed
+
+    model, _, tokenizer = parts.embedder.load()
+    texts = ["a dog", "a photo of a very small red bicycle leaning on a brick wall", "x"]
+    tokens = tokenizer(texts)
+    with torch.inference_mode():
+        padded = model.encode_text(tokens, normalize=True)
+        trimmed = encode_text_trimmed(model, tokens)
+    assert int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1] / 4, "it did trim"
+    assert torch.allclose(padded, trimmed, atol=1e-6)
+    got = parts.embedder.embed_texts(texts)
+    assert np.allclose(got, padded.numpy(), atol=1e-6)

@@ -305,8 +305,47 @@ class OpenClipEmbedder(LazyModel[Parts]):
         model, _, tokenizer = self.load()
         tokens = tokenizer(list(texts)).to(self.device)
         with self.runtime.inference():
-            feats = model.encode_text(tokens, normalize=True)
+            feats = encode_text_trimmed(model, tokens)
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
+
+
+def encode_text_trimmed(model: Any, tokens: Any) -> Any:
+    """open_clip's encode_text, run only up to the batch's last end-of-text token.
+
+    Prompts are padded to 77 tokens, but under CLIP's causal mask a position never sees
+    the ones after it, and the text is pooled at its end-of-text token: cutting the
+    padding after the longest prompt's end-of-text leaves every result the same (a test
+    proves it) at a fraction of the cost (~10 of 77 positions for "a photo of a {}").
+    Models built otherwise (no causal mask, other pooling) take open_clip's own path.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    pool = getattr(model, "text_pool_type", None)
+    parts = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    if (
+        getattr(model, "attn_mask", None) is None
+        or pool not in ("argmax", "eos")
+        or not all(hasattr(model, p) for p in parts)
+    ):
+        return model.encode_text(tokens, normalize=True)
+    if pool == "argmax":
+        ends = tokens.argmax(dim=-1)
+    else:
+        hits = tokens == model.text_eos_id
+        if not bool(hits.any(dim=-1).all()):
+            return model.encode_text(tokens, normalize=True)
+        ends = hits.int().argmax(dim=-1)
+    n = int(ends.max()) + 1
+    tokens = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), ends]
+    proj = model.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return F.normalize(x, dim=-1)
 
 
 @register("clip")
