@@ -156,8 +156,8 @@ def main() -> None:
         if panoptic:
             save_detectron2(model_dir)
             save_mask2former(model_dir, 800)
-        print("per stage (1600x1200 camera pictures, random weights):")
         prompt_cost(model_dir, base / "home")
+        print("\nper stage (1600x1200 camera pictures, random weights):")
         ms = per_stage(model_dir, base / "home", args.images, panoptic)
         base_ms = ms["embed/clip"]
         print(f"\n  {'stage':<22} {'ms/image':>9} {'x embed/clip':>13}")
