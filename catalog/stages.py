@@ -11,10 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, not_, or_, select
+from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from catalog.models import DetectionRow, Item, LabelRow, SegmentRow, StageState, StageStatus
+from catalog.models import (
+    DetectionRow,
+    Embedding,
+    Item,
+    LabelRow,
+    SegmentRow,
+    StageState,
+    StageStatus,
+)
 from catalog.results import Detection, Label, Segment, StageOutput
 
 
@@ -44,8 +52,10 @@ class StageBook:
         max_attempts: int,
         limit: int,
         after: int = 0,
+        embedded: tuple[str, str] | None = None,
     ) -> list[int]:
-        """Item ids (ascending, > after) this stage still has to do."""
+        """Item ids (ascending, > after) this stage still has to do; with ``embedded``
+        (space, model id), only items that have that embedding."""
         with self.Session() as s:
             stmt = (
                 select(Item.id)
@@ -54,7 +64,37 @@ class StageBook:
                 .order_by(Item.id)
                 .limit(limit)
             )
+            if embedded is not None:
+                stmt = stmt.where(
+                    exists().where(
+                        Embedding.item_id == Item.id, Embedding.space == embedded[0],
+                        Embedding.model_id == embedded[1],
+                    )
+                )  # fmt: skip
             return list(s.scalars(stmt))
+
+    def settled(
+        self, stage: str, model_id: str, item_ids: Sequence[int], max_attempts: int
+    ) -> set[int]:
+        """Which of these items need no more work from this stage and model."""
+        if not item_ids:
+            return set()
+        with self.Session() as s:
+            stmt = select(Item.id).where(
+                Item.id.in_(list(item_ids)), _settled(stage, model_id, max_attempts)
+            )
+            return set(s.scalars(stmt))
+
+    def retry_failed(self, stage: str) -> int:
+        """Give items that failed this stage for good their attempts back (after the
+        cause is mended: a file readable again, a model fixed)."""
+        with self.Session.begin() as s:
+            res = s.execute(
+                update(StageStatus)
+                .where(StageStatus.stage == stage, StageStatus.status == StageState.failed)
+                .values(attempts=0)
+            )
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
     def progress(
         self, stage: str, model_id: str, kinds: Iterable[str], max_attempts: int
@@ -63,18 +103,20 @@ class StageBook:
         kinds = list(kinds)
         with self.Session() as s:
             total = s.scalar(select(func.count()).where(Item.kind.in_(kinds))) or 0
+            # Grouped by plain columns and folded here: an expression in both SELECT and
+            # GROUP BY binds its parameter twice, which PostgreSQL refuses.
             rows = s.execute(
-                select(StageStatus.status, StageStatus.attempts >= max_attempts, func.count())
+                select(StageStatus.status, StageStatus.attempts, func.count())
                 .join(Item, Item.id == StageStatus.item_id)
                 .where(StageStatus.stage == stage, StageStatus.model_id == model_id)
                 .where(Item.kind.in_(kinds))
-                .group_by(StageStatus.status, StageStatus.attempts >= max_attempts)
+                .group_by(StageStatus.status, StageStatus.attempts)
             )
             done = failed = retrying = 0
-            for status, final, n in rows:
+            for status, attempts, n in rows:
                 if StageState(status) == StageState.done:
                     done += n
-                elif final:
+                elif attempts >= max_attempts:
                     failed += n
                 else:
                     retrying += n

@@ -89,7 +89,7 @@ def index(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Index folders: new and changed files are embedded, moved files re-pointed,
-    vanished files removed."""
+    vanished files removed; then enrichment stages catch up on the whole catalog."""
     from indexer.scan import ScanRules
     from search.embedders import ModelUnavailable
 
@@ -208,7 +208,10 @@ def watch(
         batch_size=s.batch_size,
     )
     rules = ScanRules(s.include, s.exclude, s.include_hidden)
-    watcher = parts.watcher([str(p) for p in paths], rules, opts)
+    try:
+        watcher = parts.watcher([str(p) for p in paths], rules, opts)
+    except (ValueError, ImportError) as exc:  # a bad stage setting, said plainly
+        raise _fail_config(exc) from exc
 
     def on_signal(signum: int, _frame: Any) -> None:
         logging.getLogger("everlook.watch").info(
@@ -315,6 +318,10 @@ def enrich(
         list[str] | None,
         typer.Option("--stage", help="Only this stage (repeatable); default: all enabled."),
     ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Also retry items that used up their attempts."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run enrichment stages on every item that still needs them (backfill)."""
@@ -324,6 +331,9 @@ def enrich(
         runner = parts.stage_runner(names)
     except (ValueError, ImportError) as exc:
         raise _fail_config(exc) from exc
+    if retry_failed:
+        for name in names:
+            parts.catalog.stages.retry_failed(name)
     started = time.monotonic()
     stats = _backfill_with_progress(runner, quiet=as_json)
     summary = {

@@ -11,6 +11,7 @@ failure with attempts left).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -130,6 +131,13 @@ class StageRunner:
         for stage in self.live():
             todo = [w for w in works if w.kind in stage.kinds and _has_input(stage, w)]
             if todo:
+                # Content re-embedded (a new CLIP model, changed bytes of a known item)
+                # keeps the results of stages whose own model did not change.
+                done = self.catalog.stages.settled(
+                    stage.name, stage.model_id, [w.item_id for w in todo], self.max_attempts
+                )
+                todo = [w for w in todo if w.item_id not in done]
+            if todo:
                 self._run_stage(stage, todo)
 
     def _run_stage(self, stage: Stage, todo: Sequence[Work]) -> None:
@@ -144,7 +152,12 @@ class StageRunner:
             log.error("stage %s is unavailable: %s", stage.name, exc)
             return
         except Exception:
-            outputs, failures = self._one_by_one(stage, todo)
+            try:
+                outputs, failures = self._one_by_one(stage, todo)
+            except ModelUnavailable as exc:
+                self.stats.unavailable[stage.name] = str(exc)
+                log.error("stage %s is unavailable: %s", stage.name, exc)
+                return
             model_id = stage.model_id
         self.catalog.stages.save(stage.name, model_id, outputs, failures)
         self.stats.add(stage.name, len(outputs), len(failures))
@@ -188,15 +201,14 @@ class StageRunner:
         return self.stats
 
     def backfill_step(self) -> bool:
-        """One batch of pending work (the watcher calls this when idle). True when
-        something was run; each stage keeps a cursor so items it cannot take yet (not
-        embedded) do not spin the loop."""
+        """A little pending work (the watcher calls this when idle): one batch of a stage
+        over CLIP vectors, or two pictures of a stage over pixels (a panoptic batch on a
+        CPU takes minutes, and new files must not wait that long). True when something
+        ran. Each stage keeps a cursor, so items it cannot take yet never spin the loop."""
         for stage in self.live():
             after = self._cursor.get(stage.name, 0)
-            ids = self.catalog.stages.pending(
-                stage.name, stage.model_id, stage.kinds, self.max_attempts,
-                self.batch_size, after,
-            )  # fmt: skip
+            limit = self.batch_size if stage.needs == "clip" else 2
+            ids = self._pending(stage, limit, after)
             if not ids:
                 self._cursor[stage.name] = 0  # next time, start over from the first item
                 continue
@@ -204,16 +216,21 @@ class StageRunner:
             works = self._inputs(stage, ids)
             if works:
                 self._run_stage(stage, works)
-            return True
+                return True
         return False
+
+    def _pending(self, stage: Stage, limit: int, after: int) -> list[int]:
+        # A stage over CLIP vectors only sees items embedded by the current CLIP model.
+        embedded = ("clip", self.clip_model_id) if stage.needs == "clip" else None
+        return self.catalog.stages.pending(
+            stage.name, stage.model_id, stage.kinds, self.max_attempts, limit, after,
+            embedded=embedded,
+        )  # fmt: skip
 
     def _pending_batches(self, stage: Stage) -> Iterator[list[int]]:
         after = 0
         while True:
-            ids = self.catalog.stages.pending(
-                stage.name, stage.model_id, stage.kinds, self.max_attempts,
-                self.batch_size, after,
-            )  # fmt: skip
+            ids = self._pending(stage, self.batch_size, after)
             if not ids:
                 return
             yield ids
@@ -250,12 +267,16 @@ class StageRunner:
         """The item's picture from the first of its paths that decodes, or the reason."""
         why = "no path left for this item"
         for path in paths:
+            # Escaped: a name that is not UTF-8 cannot go into a text column as is.
+            where = os.fsencode(path).decode("utf-8", "backslashreplace")
             try:
                 raw = read_file(path, self.limits)
                 return shrink(decode_image(raw.data, self.limits, self.image_side).image,
                               self.image_side)  # fmt: skip
             except MediaError as exc:
-                why = f"{path}: {exc}"
+                why = f"{where}: {exc}"
+            except Exception as exc:  # a decoder bug is this item's failure, not the run's
+                why = f"{where}: unexpected error: {type(exc).__name__}: {exc}"
         return why
 
 

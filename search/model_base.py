@@ -141,8 +141,19 @@ class LazyModel(ABC, Generic[M]):
             with self._lock:
                 model = self._model
                 if model is None:
-                    self.runtime.resolve()
-                    model = self._load()
+                    try:
+                        self.runtime.resolve()
+                        model = self._load()
+                    except ModelUnavailable:
+                        raise
+                    except Exception as exc:
+                        # A model that cannot be built (truncated checkpoint, a device
+                        # that is not there, out of memory) is a configuration problem:
+                        # it must stop its stage, not count as a failure of each item.
+                        raise ModelUnavailable(
+                            f"{self.model_id} could not be loaded on {self.runtime.device}: "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
                     self._model = model
         return model
 

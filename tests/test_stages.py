@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from catalog.results import StageOutput
-from indexer.stages import Stage, StageRunner, Work
+from indexer.stages import Stage, Work
 from tests.helpers import make_library
 
 ALL = ["detect/yolo", "style", "labels"]
@@ -157,44 +157,6 @@ def test_changing_a_stage_model_requeues_exactly_that_stage(env, monkeypatch, tm
     assert statuses(changed, "labels") == labels_before  # untouched: same attempts
     detail = changed.catalog.item(next(iter(labels_before)))
     assert {x["label"] for x in detail["labels"]["style"]} <= {"Claude Monet", "Paul Klee"}
-
-
-def test_a_stage_failing_on_one_item_is_recorded_retried_and_blocks_nothing_else(
-    env, monkeypatch, tmp_path: Path
-):
-    parts = make_parts(monkeypatch, ["style", "labels"], stage_max_attempts="3")
-    make_library(tmp_path / "lib", 5)
-    pipeline = parts.pipeline()
-    runner: StageRunner = pipeline.stages
-    bad = 3
-    runner.stages = [Spy(runner.stages[0], fail_on={bad}), runner.stages[1]]
-    pipeline.run([str(tmp_path / "lib")])
-    style = statuses(parts, "style")
-    assert style[bad] == ("failed", 1)
-    assert all(v == ("done", 1) for i, v in style.items() if i != bad)
-    assert all(v[0] == "done" for v in statuses(parts, "labels").values())
-    detail = parts.catalog.item(bad)
-    assert any("cannot handle item 3" in (s["error"] or "") for s in detail["stages"])
-    for attempt in (2, 3):
-        runner.backfill()
-        assert statuses(parts, "style")[bad] == ("failed", attempt)
-    runner.backfill()  # given up after 3 attempts: no more tries
-    assert statuses(parts, "style")[bad] == ("failed", 3)
-    assert runner.pending(runner.stages[0])["failed"] == 1
-
-
-def test_a_missing_stage_model_stops_that_stage_only_and_says_why(cli, monkeypatch, tmp_path):
-    monkeypatch.setenv("EVERLOOK_STAGES", json.dumps(["detect/yolo", "style"]))
-    monkeypatch.setenv("EVERLOOK_YOLO_MODEL", "no-such-detector.pt")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import enrich.detect as det
-
-    monkeypatch.setattr(det, "offline_reason", lambda host: "offline in this test")
-    make_library(tmp_path / "lib", 3)
-    code, summary = cli.json("index", str(tmp_path / "lib"))
-    assert code == 2 and summary["new"] == 3, "the items are indexed all the same"
-    assert "no-such-detector.pt" in summary["stages"]["unavailable"]["detect/yolo"]
-    assert summary["stages"]["done"]["style"] == 3
 
 
 def test_backfill_step_does_one_batch_and_reports_when_idle(env, monkeypatch, tmp_path):
@@ -354,3 +316,38 @@ def test_a_text_search_also_finds_items_by_their_stored_labels(parts, tmp_path: 
     # A label the text does not name as a whole word changes nothing.
     assert outsider not in [h.item_id for h in engine.by_text("zebrastripe grass", k=k)]
     assert engine.by_text(query, k=3, min_score=10.0) == []
+
+
+def test_re_embedding_with_a_new_clip_model_keeps_results_of_stages_over_pixels(
+    env, monkeypatch, tmp_path: Path
+):
+    parts = make_parts(monkeypatch, ["detect/yolo", "style"])
+    make_library(tmp_path / "lib", 3)
+    parts.pipeline().run([str(tmp_path / "lib")])
+    before = statuses(parts, "detect/yolo")
+    ckpt = Path(env["EVERLOOK_MODEL_DIR"]) / "open_clip" / "everlook-tiny" / "seed0"
+    other = make_parts(
+        monkeypatch, ["detect/yolo", "style"], clip_pretrained=str(ckpt / "open_clip_model.pt")
+    )
+    assert other.embedder.model_id != parts.embedder.model_id
+    pipeline = other.pipeline()
+    spies = [Spy(s) for s in pipeline.stages.stages]
+    pipeline.stages.stages = spies
+    report = pipeline.run([str(tmp_path / "lib")])
+    assert report.changed == 3, "every item re-embedded by the new CLIP model"
+    assert spies[0].seen == [], "detection did not depend on CLIP: not run again"
+    assert sorted(spies[1].seen) == sorted(before), "style reads CLIP vectors: re-run"
+    assert statuses(other, "detect/yolo") == before
+
+
+def test_background_enrichment_skips_items_not_embedded_by_the_current_model(
+    env, monkeypatch, tmp_path: Path
+):
+    parts = make_parts(monkeypatch, [])
+    make_library(tmp_path / "lib", 2)
+    parts.pipeline().run([str(tmp_path / "lib")])
+    ckpt = Path(env["EVERLOOK_MODEL_DIR"]) / "open_clip" / "everlook-tiny" / "seed0"
+    other = make_parts(monkeypatch, ["style"], clip_pretrained=str(ckpt / "open_clip_model.pt"))
+    runner = other.stage_runner()
+    assert runner.backfill_step() is False, "nothing it can do: the watcher may sleep"
+    assert statuses(other, "style") == {}
