@@ -162,7 +162,7 @@ class YoloDetector(LazyModel[Any]):
             self._check_online()
         if "ultralytics" not in sys.modules and "YOLO_CONFIG_DIR" not in os.environ:
             configure_ultralytics(_default_settings_dir(self.cache_dir))
-        from ultralytics import YOLO
+        YOLO = _import_yolo()
         from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
         _keep_files_in(Path(USER_CONFIG_DIR), self.cache_dir, SETTINGS)
@@ -201,6 +201,25 @@ class YoloDetector(LazyModel[Any]):
         original picture's width and height."""
         out: list[list[Detection]] = self.predict(images)
         return out
+
+
+def _import_yolo() -> Any:
+    """ultralytics' YOLO class, imported so that Pillow is left as it was.
+
+    Importing ultralytics replaces ``PIL.Image.open`` for the whole process with a wrapper
+    that, on any file Pillow cannot identify, tries to pip-install and register pi-heif
+    (ultralytics.utils.patches). In Everlook's process that turned "not an image" into an
+    install attempt or a misleading "No module named 'pi_heif'" for every unknown file
+    indexed after the first detection. Everlook opens HEIC itself (pillow-heif) and hands
+    ultralytics arrays, so Pillow's own ``open`` is put back.
+    """
+    from ultralytics import YOLO
+    from ultralytics.utils import patches
+
+    original = getattr(patches, "_image_open", None)
+    if original is not None:
+        Image.open = original
+    return YOLO
 
 
 def _bgr(im: Image.Image) -> np.ndarray:

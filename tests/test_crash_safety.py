@@ -62,7 +62,7 @@ def test_sigkill_mid_run_then_rerun_indexes_every_file_exactly_once(env, tmp_pat
     assert final.wait(timeout=300) == 0
 
     with sqlite3.connect(db) as con:
-        paths = [r[0] for r in con.execute("select path from paths")]
+        paths = [os.fsdecode(r[0]) for r in con.execute("select path from paths")]
         items = con.execute("select count(*), count(distinct sha256) from items").fetchone()
         emb_ids = sorted(r[0] for r in con.execute("select item_id from embeddings"))
         item_ids = sorted(r[0] for r in con.execute("select id from items"))

@@ -295,3 +295,18 @@ def test_boxes_fit_each_object_tightly_and_stay_the_same_in_every_style() -> Non
         for style in synthworld.STYLES:
             art = dataclasses.replace(scene, style=style)
             assert synthworld.render_with_boxes(art, k, 160)[1] == boxes
+
+
+def test_loading_a_detector_leaves_pillow_open_as_it_was(tmp_path):
+    """ultralytics patches PIL.Image.open on import; an unknown file indexed after a
+    detection must still be "not a recognised image format", not an install attempt."""
+    import PIL.Image
+
+    from enrich.detect import YoloDetector
+    from indexer.media import Limits, MediaError, decode_image
+
+    before = PIL.Image.open
+    YoloDetector("yolo11n.yaml", device="cpu", cache_dir=tmp_path / "u").load()
+    assert PIL.Image.open is before or PIL.Image.open.__module__.startswith("PIL")
+    with pytest.raises(MediaError, match="not a recognised image format"):
+        decode_image(b"\xff\x0a\xba\x21" + bytes(64), Limits())

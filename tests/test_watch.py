@@ -325,7 +325,7 @@ def test_sigkill_mid_batch_then_restart_indexes_every_file_exactly_once(env, tmp
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=15)
     with sqlite3.connect(db) as con:
-        paths = sorted(r[0] for r in con.execute("select path from paths"))
+        paths = sorted(os.fsdecode(r[0]) for r in con.execute("select path from paths"))
         dup = con.execute("select count(*) - count(distinct sha256) from items").fetchone()[0]
         emb = con.execute("select count(*) from embeddings").fetchone()[0]
     assert paths == sorted(map(str, files)) and dup == 0 and emb == 40
