@@ -54,6 +54,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return md
 
 
+def only_these_settings(mp: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    """Drop every EVERLOOK_* variable of the caller's environment, then set values."""
+    for k in list(os.environ):
+        if k.startswith("EVERLOOK_"):
+            mp.delenv(k)
+    for k, v in values.items():
+        mp.setenv(k, v)
+
+
 @pytest.fixture
 def env(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Settings for one test: its own data dir, the tiny model. Returns the env vars."""
@@ -68,11 +77,7 @@ def env(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
         # so the core tests measure the core.
         "EVERLOOK_STAGES": "[]",
     }
-    for k in list(os.environ):
-        if k.startswith("EVERLOOK_"):
-            monkeypatch.delenv(k)
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
+    only_these_settings(monkeypatch, values)
     monkeypatch.chdir(tmp_path)  # no stray .env from the repo
     return values
 

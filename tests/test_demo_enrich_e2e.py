@@ -4,7 +4,6 @@ standing in for artists (`--style`), exactly as `make demo` configures them."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, only_these_settings
 from tools import demo as demo_tool
 from tools import synthworld
 
@@ -33,13 +32,10 @@ def facts(path: str) -> dict[str, Any]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, list[Path]]]:
     base = tmp_path_factory.mktemp("demo-enrich")
     with pytest.MonkeyPatch.context() as mp:
-        for k in list(os.environ):
-            if k.startswith("EVERLOOK_"):
-                mp.delenv(k)
-        mp.setenv("EVERLOOK_HOME", str(base / "home"))
-        mp.setenv("EVERLOOK_DEVICE", "cpu")
-        for k, v in demo_tool.demo_settings().items():
-            mp.setenv(k, v)
+        only_these_settings(mp, {
+            "EVERLOOK_HOME": str(base / "home"), "EVERLOOK_DEVICE": "cpu",
+            **demo_tool.demo_settings(),
+        })  # fmt: skip
         lib = base / "lib"
         demo_tool.build_library(lib, per_pair=2, per_style=8)
         cli = Cli()

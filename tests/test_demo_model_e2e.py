@@ -7,7 +7,6 @@ preprocess, embed, store, search) keeps what the trained model knows.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import re
 import shutil
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, only_these_settings
 from tools import synthworld
 
 QUERIES = [("red", "circle"), ("blue", "square"), ("yellow", "star"), ("purple", "moon"),
@@ -56,14 +55,11 @@ def build(root: Path, per_pair: int = 2) -> None:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
     base = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as mp:
-        for k in list(os.environ):
-            if k.startswith("EVERLOOK_"):
-                mp.delenv(k)
-        mp.setenv("EVERLOOK_HOME", str(base / "home"))
-        mp.setenv("EVERLOOK_CLIP_MODEL", "everlook-demo")
-        mp.setenv("EVERLOOK_CLIP_PRETRAINED", "v1")
-        mp.setenv("EVERLOOK_DEVICE", "cpu")
-        mp.setenv("EVERLOOK_STAGES", "[]")  # meaning of embeddings alone (stages: test_stages)
+        only_these_settings(mp, {
+            "EVERLOOK_HOME": str(base / "home"), "EVERLOOK_CLIP_MODEL": "everlook-demo",
+            "EVERLOOK_CLIP_PRETRAINED": "v1", "EVERLOOK_DEVICE": "cpu",
+            "EVERLOOK_STAGES": "[]",  # the meaning of embeddings alone (stages: elsewhere)
+        })  # fmt: skip
         lib = base / "lib"
         build(lib)
         cli = Cli()
