@@ -23,7 +23,7 @@ from catalog.models import (
     StageState,
     StageStatus,
 )
-from catalog.results import Detection, Label, Segment, StageOutput
+from catalog.results import StageOutput
 
 
 def _settled(stage: str, model_id: str, max_attempts: int) -> Any:
@@ -166,12 +166,6 @@ class StageBook:
         st.status = StageState.failed if error else StageState.done
         st.error = error
 
-    def forget(self, stage: str) -> int:
-        """Drop a stage's status rows (its results stay until re-run): re-run everything."""
-        with self.Session.begin() as s:
-            res = s.execute(delete(StageStatus).where(StageStatus.stage == stage))
-            return int(res.rowcount or 0)  # type: ignore[attr-defined]
-
     # ---- reading results ----------------------------------------------------------------
     def enrichment(self, item_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Detections, segments, tags and labels of items, for display."""
@@ -239,6 +233,3 @@ def _rows(item_id: int, stage: str, model_id: str, out: StageOutput) -> list[Any
         rows.append(LabelRow(**common, kind=lb.kind, label=lb.label, score=float(lb.score),
                              rank=ranks[lb.kind]))  # fmt: skip
     return rows
-
-
-__all__ = ["Detection", "Label", "Segment", "StageBook", "StageOutput"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def shown(path: str) -> str:
-    """A path for a terminal: bytes that are not UTF-8 shown as \\xNN (like ``ls -b``)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path for a terminal (escaped where not UTF-8); see indexer.media.printable."""
+    from indexer.media import printable
+
+    return printable(path)
 
 
 def emit_json(data: Any) -> None:

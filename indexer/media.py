@@ -36,6 +36,12 @@ CHUNK = 1 << 20
 _SRGB = ImageCms.createProfile("sRGB")
 
 
+def printable(path: str) -> str:
+    """A path as text: bytes that are not UTF-8 shown as \\xNN (like ``ls -b``). For
+    terminals and for text columns, which cannot hold PEP 383 surrogates."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class MediaError(Exception):
     """A file that cannot be indexed; the message is the reason shown to users."""
 

@@ -11,7 +11,6 @@ failure with attempts left).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from PIL import Image
 
 from catalog import Catalog
 from catalog.results import StageOutput
-from indexer.media import Limits, MediaError, decode_image, read_file
+from indexer.media import Limits, MediaError, decode_image, printable, read_file
 from search.model_base import ModelUnavailable
 
 log = logging.getLogger("everlook.stages")
@@ -146,21 +145,21 @@ class StageRunner:
             outputs = dict(zip([w.item_id for w in todo], stage.run(todo), strict=True))
             failures: dict[int, str] = {}
         except ModelUnavailable as exc:
-            # A configuration problem, not the items': this stage stops for the run,
-            # the others go on, and its work stays pending.
-            self.stats.unavailable[stage.name] = str(exc)
-            log.error("stage %s is unavailable: %s", stage.name, exc)
-            return
+            return self._unavailable(stage, exc)
         except Exception:
             try:
                 outputs, failures = self._one_by_one(stage, todo)
             except ModelUnavailable as exc:
-                self.stats.unavailable[stage.name] = str(exc)
-                log.error("stage %s is unavailable: %s", stage.name, exc)
-                return
+                return self._unavailable(stage, exc)
             model_id = stage.model_id
         self.catalog.stages.save(stage.name, model_id, outputs, failures)
         self.stats.add(stage.name, len(outputs), len(failures))
+
+    def _unavailable(self, stage: Stage, exc: ModelUnavailable) -> None:
+        # A configuration problem, not the items': this stage stops for the run, the
+        # others go on, and its work stays pending.
+        self.stats.unavailable[stage.name] = str(exc)
+        log.error("stage %s is unavailable: %s", stage.name, exc)
 
     def _one_by_one(
         self, stage: Stage, todo: Sequence[Work]
@@ -268,7 +267,7 @@ class StageRunner:
         why = "no path left for this item"
         for path in paths:
             # Escaped: a name that is not UTF-8 cannot go into a text column as is.
-            where = os.fsencode(path).decode("utf-8", "backslashreplace")
+            where = printable(path)
             try:
                 raw = read_file(path, self.limits)
                 return shrink(decode_image(raw.data, self.limits, self.image_side).image,

@@ -56,8 +56,7 @@ class SearchEngine:
             pairs = [(i, s) for i, s in raw if i not in skip][:k]
         if min_score is not None:
             pairs = [(i, s) for i, s in pairs if s >= min_score]
-        paths = self.catalog.paths_for([i for i, _ in pairs])
-        return [Hit(i, s, paths.get(i, [])) for i, s in pairs]
+        return self._hits(pairs)
 
     def by_text(
         self, text: str, k: int = 10, min_score: float | None = None,
@@ -83,8 +82,7 @@ class SearchEngine:
         )[:k]
         if min_score is not None:
             boosted = [(i, s) for i, s in boosted if s >= min_score]
-        paths = self.catalog.paths_for([i for i, _ in boosted])
-        return [Hit(i, s, paths.get(i, [])) for i, s in boosted]
+        return self._hits(boosted)
 
     def by_image(
         self, image: Image.Image, k: int = 10, min_score: float | None = None,
@@ -106,5 +104,8 @@ class SearchEngine:
     def by_filters(self, filters: Filters, k: int = 10) -> list[Hit]:
         """No query, only filters: the matching items, newest first (highest id)."""
         ids = self.catalog.filter_ids(filters)[::-1][:k]
-        paths = self.catalog.paths_for(ids)
-        return [Hit(i, float("nan"), paths.get(i, [])) for i in ids]
+        return self._hits([(i, float("nan")) for i in ids])
+
+    def _hits(self, pairs: Sequence[tuple[int, float]]) -> list[Hit]:
+        paths = self.catalog.paths_for([i for i, _ in pairs])
+        return [Hit(i, s, paths.get(i, [])) for i, s in pairs]
