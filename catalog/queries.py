@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
+from catalog.browse import Browse
 from catalog.db import make_sessionmaker
 from catalog.filters import Filters, labelled_in, matching_ids
 from catalog.models import (
@@ -89,6 +90,7 @@ class Catalog:
         self.engine = engine
         self.Session = make_sessionmaker(engine)
         self.stages = StageBook(self.Session)
+        self.browse = Browse(self.Session)
 
     # ---- reads -------------------------------------------------------------------
     def known_paths(self, roots: Iterable[str]) -> dict[str, KnownPath]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -55,6 +56,50 @@ def _parts() -> Any:
     return Parts(_settings())
 
 
+def hold_writer(parts: Any, command: str, paths: list[str] | None = None) -> bool:
+    """Take the data dir's writer lock for this process (released at exit). If a
+    `serve` holds it and watches every path given, hand the paths to its queue instead
+    and return True; otherwise, if held, say who holds it and exit 2."""
+    from everlook.lock import Busy, WriterLock, describe
+
+    lock = WriterLock(parts.settings.home)
+    try:
+        lock.acquire(command, paths)
+    except Busy as busy:
+        if paths and handed_to_server(parts, busy.holder, paths):
+            return True
+        err.print(
+            f"[red]error:[/red] another Everlook process is writing to "
+            f"{parts.settings.home}: {escape(describe(busy.holder))}. Wait for it or stop "
+            "it; a running `everlook serve` indexes folders under its library itself."
+        )
+        raise typer.Exit(EXIT_USAGE) from None
+    atexit.register(lock.release)
+    return False
+
+
+def handed_to_server(parts: Any, holder: dict[str, Any], paths: list[str]) -> bool:
+    """Queue paths for the server's watcher when they lie under the folders it watches."""
+    import os
+
+    from catalog.jobs import JobQueue
+    from everlook.lock import describe
+
+    roots = [os.path.realpath(r) for r in holder.get("roots") or []]
+    real = [os.path.realpath(p) for p in paths]
+    if holder.get("command") != "serve" or not roots:
+        return False
+    if not all(any(os.path.commonpath([p, r]) == r for r in roots) for p in real):
+        return False
+    queue = JobQueue(parts.catalog.engine)
+    now = time.time()
+    for p in real:
+        queue.put(p, "scan" if os.path.isdir(p) else "index", now, closed=True)
+    out.print(f"handed {len(real)} path(s) to the running server, {describe(holder)}; "
+              "it indexes them now (see `everlook stats`)")  # fmt: skip
+    return True
+
+
 def _fail_config(exc: Exception) -> typer.Exit:
     err.print(f"[red]error:[/red] {exc}")
     return typer.Exit(EXIT_USAGE)
@@ -100,6 +145,8 @@ def index(
             raise typer.Exit(EXIT_USAGE)
     parts = _parts()
     s = parts.settings
+    if hold_writer(parts, "index", [str(p) for p in paths]):
+        raise typer.Exit(EXIT_OK)  # handed to the running server
     rules = ScanRules(
         include or s.include, [*s.exclude, *(exclude or [])], hidden or s.include_hidden
     )
@@ -172,69 +219,6 @@ def _print_summary(report: Any, elapsed: float) -> None:
     )
     for path, reason in r.failed:
         out.print(f"  [red]failed[/red] {escape(shown(path))}: {escape(reason)}", highlight=False)
-
-
-@app.command()
-def watch(
-    paths: Annotated[list[Path], typer.Argument(help="Folders to watch.")],
-    poll: Annotated[
-        bool | None,
-        typer.Option("--poll/--no-poll", help="Poll instead of inotify (network drives)."),
-    ] = None,
-    poll_interval: Annotated[
-        float | None, typer.Option("--poll-interval", min=0.05, help="Seconds between polls.")
-    ] = None,
-    quiet: Annotated[
-        float | None, typer.Option("--quiet", min=0.0, help="Seconds a file must stay unchanged.")
-    ] = None,
-) -> None:
-    """Index folders, then keep following them as files arrive, change, move and vanish."""
-    import signal
-
-    from indexer.scan import ScanRules
-    from indexer.watch import WatchOptions, summary
-    from search.embedders import ModelUnavailable
-
-    for p in paths:
-        if not p.is_dir():
-            err.print(f"[red]error:[/red] not a folder: {p}")
-            raise typer.Exit(EXIT_USAGE)
-    logging.getLogger("everlook").setLevel(logging.INFO)
-    parts = _parts()
-    s = parts.settings
-    opts = WatchOptions(
-        quiet_seconds=s.watch_quiet_seconds if quiet is None else quiet,
-        poll=s.watch_poll if poll is None else poll,
-        poll_interval=s.watch_poll_interval if poll_interval is None else poll_interval,
-        batch_size=s.batch_size,
-    )
-    rules = ScanRules(s.include, s.exclude, s.include_hidden)
-    try:
-        watcher = parts.watcher([str(p) for p in paths], rules, opts)
-    except (ValueError, ImportError) as exc:  # a bad stage setting, said plainly
-        raise _fail_config(exc) from exc
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        logging.getLogger("everlook.watch").info(
-            "%s: finishing the current batch, then stopping", signal.Signals(signum).name
-        )
-        watcher.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        watcher.start()
-    except (ModelUnavailable, ValueError) as exc:
-        watcher.close()
-        raise _fail_config(exc) from exc
-    logging.getLogger("everlook.watch").info(
-        "watching %s (%s); Ctrl-C to stop", ", ".join(map(str, paths)), watcher.mode
-    )
-    try:
-        watcher.run_forever()
-    except ModelUnavailable as exc:
-        raise _fail_config(exc) from exc
-    err.print(f"watch ended: {summary(watcher.totals)}")
 
 
 @app.command()
@@ -327,6 +311,7 @@ def enrich(
 ) -> None:
     """Run enrichment stages on every item that still needs them (backfill)."""
     parts = _parts()
+    hold_writer(parts, "enrich")
     names = stage or parts.settings.stages
     try:
         runner = parts.stage_runner(names)
@@ -387,7 +372,7 @@ def main() -> None:
 
 
 # Commands that live in their own modules register on `app` when imported.
-from everlook import cli_search  # noqa: E402, F401
+from everlook import cli_search, cli_serve  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

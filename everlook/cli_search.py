@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from datetime import datetime
 from pathlib import Path
@@ -69,6 +68,7 @@ def search(
     from catalog.filters import Filters
     from indexer.media import MediaError, decode_image, read_file
     from search.embedders import ModelUnavailable
+    from search.present import result_rows
 
     given = sum(x is not None for x in (text, image, like))
     if kind is not None and kind not in ("image", "audio"):
@@ -93,7 +93,7 @@ def search(
     engine = parts.engine()
     try:
         if text is not None:
-            hits = engine.by_text(text, k, min_score, filters)
+            hits = engine.by_text(text, k, min_score, filters, s.negative_weight)
         elif image is not None:
             try:
                 raw = read_file(str(image), parts.limits())
@@ -108,8 +108,7 @@ def search(
             hits = engine.by_filters(filters, k)
     except (ModelUnavailable, LookupError) as exc:
         raise _fail_config(exc) from exc
-    details = parts.catalog.stages.enrichment([h.item_id for h in hits])
-    rows = [_row(n, h, details[h.item_id], s.artwork_min_score) for n, h in enumerate(hits, 1)]
+    rows = result_rows(parts.catalog, hits, s.artwork_min_score)
     if as_json:
         emit_json(rows)
         return
@@ -128,24 +127,6 @@ def search(
         about = _about(r)
         if about:
             print(f"{'':>3}  {'':>7}  {'':>{width}}  {about}")
-
-
-def _row(n: int, hit: Any, detail: dict[str, Any], min_artwork: float) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for d in detail["detections"]:
-        counts[d["label"]] = counts.get(d["label"], 0) + 1
-    labels = detail["labels"]
-    artwork = (labels.get("artwork") or [{"score": 0.0}])[0]["score"]
-    styles = labels.get("style", []) if artwork >= min_artwork else []
-    return {
-        "rank": n, "item_id": hit.item_id,
-        "score": None if math.isnan(hit.score) else round(hit.score, 6),
-        "path": hit.paths[0] if hit.paths else None, "paths": hit.paths,
-        "objects": counts, "tags": detail["tags"],
-        "styles": [{"artist": x["label"], "score": x["score"]} for x in styles],
-        "artwork": artwork if "artwork" in labels else None,
-        "labels": [{"label": x["label"], "score": x["score"]} for x in labels.get("imagenet", [])],
-    }  # fmt: skip
 
 
 def _about(r: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 IMAGE_GLOBS = [
@@ -124,6 +124,32 @@ class Settings(BaseSettings):
         default=0.5, ge=0.0, le=1.0, description="Artwork score --style needs (0..1)."
     )
     labels_top_k: int = Field(default=5, ge=1, le=50, description="ImageNet labels kept per item.")
+
+    library: list[str] = Field(
+        default_factory=list, description="Library folders `everlook serve` watches and "
+        "serves files from (JSON list); folders given on its command line are added.",
+    )  # fmt: skip
+    host: str = Field(default="127.0.0.1", description="Address `everlook serve` binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `everlook serve` binds to.")
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token the API requires (all but /api/health); "
+        "needed to bind to a non-loopback address.",
+    )  # fmt: skip
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser "
+        "(JSON list); none by default.",
+    )  # fmt: skip
+    upload_max_bytes: int = Field(
+        default=25 * 1024 * 1024, ge=1, description="Largest upload the API accepts (bytes)."
+    )
+    index_refresh_seconds: float = Field(
+        default=2.0, gt=0.0, le=3600, description="How often the server picks up vectors "
+        "another process added to the catalog.",
+    )  # fmt: skip
+    negative_weight: float = Field(
+        default=0.5, ge=0.0, le=2.0, description="Weight of each \"-word\" in a query, "
+        "subtracted from the query vector.",
+    )  # fmt: skip
 
     @field_validator("home", mode="after")
     @classmethod

@@ -137,6 +137,29 @@ class Parts:
         queue = JobQueue(self.catalog.engine)
         return Watcher(pipeline, self.catalog, queue, roots, rules, options, pipeline.stages)
 
+    def api_services(self, roots: Sequence[str], watcher: Any = None) -> Any:
+        """Everything the API serves from, built now, in this thread: the catalog, the
+        embedder (its weights load on the first query), the index (loaded and
+        reconciled), the engine. Nothing shared is built lazily later by a request."""
+        import os
+
+        from api.services import ApiConfig, Services
+
+        s = self.settings
+        index = self.index
+        index.open()
+        index.read_only = watcher is None  # the writer owns the index file
+        config = ApiConfig(
+            thumbs_dir=s.home / "cache" / "thumbs",
+            roots=tuple(os.path.realpath(r) for r in roots),
+            token=s.api_token.get_secret_value() if s.api_token else None,
+            cors_origins=tuple(s.cors_origins), upload_max_bytes=s.upload_max_bytes,
+            limits=self.limits(), negative_weight=s.negative_weight,
+            has_min_confidence=s.has_min_confidence, style_min_score=s.style_min_score,
+            artwork_min_score=s.artwork_min_score, refresh_seconds=s.index_refresh_seconds,
+        )  # fmt: skip
+        return Services(config, self.catalog, self.engine(), self.classifier, watcher)
+
     def engine(self) -> SearchEngine:
         return SearchEngine(self.embedder, self.index, self.catalog)
 

@@ -212,7 +212,7 @@ class Pipeline:
         report.removed = len(gone)
         removed_items += self.catalog.prune_orphans()
         if removed_items:
-            self.index.store.remove(removed_items)
+            self.index.remove(removed_items)
 
     def _work(
         self,
@@ -223,7 +223,6 @@ class Pipeline:
         progress: ProgressFn | None,
     ) -> None:
         """Decode in the pool, embed in batches, store each batch in one transaction."""
-        store = self.index.store
         attached: list[tuple[_Prepared, bool]] = []  # (result, path was known before)
         batch: list[_Prepared] = []
         failures: list[tuple[str, str]] = []  # recorded with the batch: one transaction
@@ -248,7 +247,7 @@ class Pipeline:
                 vecs = np.stack([v for _, v in kept]) if kept else vecs[:0]
                 id_arr = np.array([ids[p.sha256] for p in batch], dtype=np.int64)
                 if len(id_arr):
-                    store.add(id_arr, vecs)
+                    self.index.add(id_arr, vecs)
                 self._embedded.update(int(i) for i in id_arr)
                 if self.inline_stages and self.stages is not None and len(id_arr):
                     self.stages.run_batch([

@@ -12,6 +12,7 @@ from catalog import Catalog
 from catalog.filters import Filters
 from search.embedders import Embedder
 from search.index_sync import VectorIndex
+from search.query import Cursor, compose, parse
 
 # How much a stored label named by a text query adds to an item's score, times the
 # label's probability: enough to lift a confidently labelled item past near-ties
@@ -33,6 +34,85 @@ class SearchEngine:
         self.index = index
         self.catalog = catalog
 
+    def ranked(
+        self, vector: np.ndarray, n: int, filters: Filters | None = None,
+        exclude: Sequence[int] = (), label_text: str | None = None,
+    ) -> list[tuple[int, float]]:  # fmt: skip
+        """The n best (item id, score) pairs for vector, best first, ties by id.
+
+        With filters, the store searches only the items they admit (an exact
+        allow-list), so the top n are exactly the best matching n. With label_text,
+        items whose stored labels (ImageNet classes from the labels stage) the text
+        names are also found, and gain LABEL_BOOST x the label's probability."""
+        skip = set(exclude)
+        allow: set[int] | None = None
+        if filters is not None and filters.active():
+            allow = {i for i in self.catalog.filter_ids(filters) if i not in skip}
+            if not allow:
+                return []
+            raw = self.index.search(vector.reshape(1, -1), n, allow=sorted(allow))[0]
+        else:
+            raw = self.index.search(vector.reshape(1, -1), n + len(skip))[0]
+        scores = {i: s for i, s in raw if i not in skip}
+        named = self.catalog.items_labelled_in(label_text) if label_text else {}
+        if named:
+            boost = set(named) - skip if allow is None else set(named) & allow
+            if boost:
+                raw = self.index.search(vector.reshape(1, -1), n, allow=sorted(boost))[0]
+                scores.update(raw)
+                for i in boost & scores.keys():
+                    scores[i] += LABEL_BOOST * named[i]
+        return sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:n]
+
+    def page(
+        self, vector: np.ndarray, k: int, after: Cursor | None = None,
+        min_score: float | None = None, filters: Filters | None = None,
+        exclude: Sequence[int] = (), label_text: str | None = None,
+    ) -> tuple[list[Hit], Cursor | None]:  # fmt: skip
+        """A page of k hits ranking after the cursor, and the cursor of the next page
+        (None at the end). The search fetches as deep as the cursor says pages went,
+        plus this page, and goes deeper only if items were removed meanwhile."""
+        n = (after.seen if after else 0) + k + 1
+        while True:
+            pairs = self.ranked(vector, n, filters, exclude, label_text)
+            rest = [(i, s) for i, s in pairs if after is None or after.admits(i, s)]
+            if min_score is not None:
+                rest = [(i, s) for i, s in rest if s >= min_score]
+            exhausted = len(pairs) < n or (min_score is not None and pairs[-1][1] < min_score)
+            if len(rest) > k or exhausted:
+                break
+            n *= 2
+        shown = rest[:k]
+        nxt = None
+        if len(rest) > k and shown:
+            last_id, last_score = shown[-1]
+            nxt = Cursor(last_score, last_id, (after.seen if after else 0) + len(shown))
+        return self._hits(shown), nxt
+
+    def newest(
+        self, filters: Filters, k: int, after: Cursor | None = None
+    ) -> tuple[list[Hit], Cursor | None]:
+        """A page of the items the filters admit, newest first, with no score."""
+        ids = self.catalog.browse.newest_ids(filters, after.item_id if after else None, k + 1)
+        shown = ids[:k]
+        nxt = None
+        if len(ids) > k:
+            nxt = Cursor(None, shown[-1], (after.seen if after else 0) + len(shown))
+        return self._hits([(i, float("nan")) for i in shown]), nxt
+
+    def text_vector(self, text: str, negative_weight: float, image: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, str]:  # fmt: skip
+        """The query vector of text (with its -negatives, see search.query) and of an
+        image vector when given; and the positive words, for the label boost."""
+        q = parse(text)
+        texts = ([q.positive] if q.positive else []) + q.negatives
+        vecs = list(self.embedder.embed_texts(texts)) if texts else []
+        positives = vecs[:1] if q.positive else []
+        if image is not None:
+            positives.append(image)
+        negatives = vecs[1:] if q.positive else vecs
+        return compose(positives, negatives, negative_weight), q.positive
+
     def by_vector(
         self,
         vector: np.ndarray,
@@ -41,48 +121,16 @@ class SearchEngine:
         exclude: Sequence[int] = (),
         filters: Filters | None = None,
     ) -> list[Hit]:
-        """The k best items for vector. With filters, the store searches only the items
-        they admit (an exact allow-list), so the top k are exactly the best matching k."""
-        skip = set(exclude)
-        allow: list[int] | None = None
-        if filters is not None and filters.active():
-            allow = [i for i in self.catalog.filter_ids(filters) if i not in skip]
-            if not allow:
-                return []
-            raw = self.index.store.search(vector.reshape(1, -1), k, allow=allow)[0]
-            pairs = raw[:k]
-        else:
-            raw = self.index.store.search(vector.reshape(1, -1), k + len(skip))[0]
-            pairs = [(i, s) for i, s in raw if i not in skip][:k]
-        if min_score is not None:
-            pairs = [(i, s) for i, s in pairs if s >= min_score]
-        return self._hits(pairs)
+        return self.page(vector, k, None, min_score, filters, exclude)[0]
 
     def by_text(
         self, text: str, k: int = 10, min_score: float | None = None,
-        filters: Filters | None = None,
+        filters: Filters | None = None, negative_weight: float = 0.5,
     ) -> list[Hit]:  # fmt: skip
-        """Nearest items to the text; items whose stored labels (ImageNet classes from
-        the labels stage) the text names are also found, and gain LABEL_BOOST x the
-        label's probability on top of their cosine similarity."""
-        vec = self.embedder.embed_texts([text])[0]
-        hits = self.by_vector(vec, k, None, (), filters)
-        named = self.catalog.items_labelled_in(text)
-        if not named:
-            return [h for h in hits if min_score is None or h.score >= min_score]
-        allow = set(named)
-        if filters is not None and filters.active():
-            allow &= set(self.catalog.filter_ids(filters))
-        raw = self.index.store.search(vec.reshape(1, -1), k, allow=sorted(allow))[0]
-        scores = {h.item_id: h.score for h in hits}
-        scores.update({i: s for i, s in raw})
-        boosted = sorted(
-            ((i, s + LABEL_BOOST * named.get(i, 0.0)) for i, s in scores.items()),
-            key=lambda p: -p[1],
-        )[:k]
-        if min_score is not None:
-            boosted = [(i, s) for i, s in boosted if s >= min_score]
-        return self._hits(boosted)
+        """Nearest items to the text (with its -negatives); items whose stored labels
+        the positive words name gain LABEL_BOOST x the label's probability."""
+        vec, words = self.text_vector(text, negative_weight)
+        return self.page(vec, k, None, min_score, filters, (), words or None)[0]
 
     def by_image(
         self, image: Image.Image, k: int = 10, min_score: float | None = None,
@@ -95,16 +143,18 @@ class SearchEngine:
         filters: Filters | None = None,
     ) -> list[Hit]:  # fmt: skip
         """More like this item (the item itself left out)."""
+        vec = self.item_vector(item_id)
+        return self.by_vector(vec, k, min_score, exclude=[item_id], filters=filters)
+
+    def item_vector(self, item_id: int) -> np.ndarray:
         stored = self.catalog.embedding(item_id, self.embedder.space)
         if stored is None or stored[0] != self.embedder.model_id:
             raise LookupError(f"item {item_id} has no {self.embedder.model_id} embedding")
-        vec = np.frombuffer(stored[1], dtype=np.float32)
-        return self.by_vector(vec, k, min_score, exclude=[item_id], filters=filters)
+        return np.frombuffer(stored[1], dtype=np.float32)
 
     def by_filters(self, filters: Filters, k: int = 10) -> list[Hit]:
         """No query, only filters: the matching items, newest first (highest id)."""
-        ids = self.catalog.filter_ids(filters)[::-1][:k]
-        return self._hits([(i, float("nan")) for i in ids])
+        return self.newest(filters, k)[0]
 
     def _hits(self, pairs: Sequence[tuple[int, float]]) -> list[Hit]:
         paths = self.catalog.paths_for([i for i, _ in pairs])

@@ -9,6 +9,9 @@ the difference is added or removed. Searches therefore always see what the catal
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,55 @@ class SyncReport:
         return bool(self.rebuilt_because or self.added or self.removed)
 
 
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds new readers back, so a stream
+    of searches cannot starve the watcher. (FAISS allows concurrent searches but not a
+    search during add/remove; a copy-on-write swap would copy the whole index, 200 MB
+    at 100k x 512, on every batch the watcher adds.)"""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 class VectorIndex:
-    """A vector store bound to its file, its space/model, and the catalog."""
+    """A vector store bound to its file, its space/model, and the catalog.
+
+    Threads share it through its methods (search, add, remove, save, refresh), which
+    take a read-write lock: searches run side by side, a change waits for them and
+    holds them back while it runs. ``store`` is the raw backend, for single-threaded use.
+    """
 
     def __init__(
         self, catalog: Catalog, backend: str, path: Path, space: str, info: IndexInfo
@@ -47,6 +97,14 @@ class VectorIndex:
         self.info = info
         self._store: VectorStore | None = None
         self.report = SyncReport()
+        self.lock = ReadWriteLock()
+        # A reader (a server without a watcher) never writes the index file: the
+        # process that holds the writer lock owns it.
+        self.read_only = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._store is not None
 
     @property
     def store(self) -> VectorStore:
@@ -65,12 +123,66 @@ class VectorIndex:
             level = logging.INFO if not self.path.exists() else logging.WARNING
             log.log(level, "rebuilding vector index from the catalog: %s", why)
             store = vectors.create(self.backend, self.info)
-        self._store = store
-        self._reconcile(store, report)
+        with self.lock.writing():
+            self._store = store
+            self._reconcile(store, report)
         if report.changed:
             self.save()
         self.report = report
         return report
+
+    def refresh(self) -> SyncReport:
+        """Bring the loaded index in step with the catalog after another process changed
+        it (vectors added or removed); cheap when nothing changed."""
+        report = SyncReport()
+        store = self.store
+        # The index's ids first, then the catalog's: the pipeline commits to the catalog
+        # before it adds to the index, so an id read here as present in the index was in
+        # the catalog already, and is never removed by mistake. The catalog is read
+        # outside the lock, so searches are held back only while vectors change.
+        with self.lock.reading():
+            have = store.ids()
+        wanted = np.asarray(
+            self.catalog.embedding_ids(self.space, self.info.model_id), dtype=np.int64
+        )
+        extra = np.setdiff1d(have, wanted, assume_unique=True)
+        missing = np.setdiff1d(wanted, have, assume_unique=True)
+        batches = []
+        if len(missing):
+            for rows in self.catalog.iter_embeddings(
+                self.space, self.info.model_id, only=missing.tolist()
+            ):
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                batches.append((ids, np.stack([np.frombuffer(r[1], np.float32) for r in rows])))
+        if len(extra) or batches:
+            with self.lock.writing():
+                report.removed = store.remove(extra) if len(extra) else 0
+                for ids, vecs in batches:
+                    store.add(ids, vecs)
+                    report.added += len(ids)
+        return report
+
+    def search(
+        self, query: np.ndarray, k: int, allow: Sequence[int] | None = None
+    ) -> list[list[tuple[int, float]]]:
+        store = self.store
+        with self.lock.reading():
+            return store.search(query, k, allow=allow)
+
+    def add(self, ids: Sequence[int] | np.ndarray, vecs: np.ndarray) -> None:
+        store = self.store
+        with self.lock.writing():
+            store.add(ids, vecs)
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> int:
+        store = self.store
+        with self.lock.writing():
+            return store.remove(ids)
+
+    def count(self) -> int:
+        store = self.store
+        with self.lock.reading():
+            return store.count()
 
     def _reconcile(self, store: VectorStore, report: SyncReport) -> None:
         wanted = np.asarray(
@@ -95,5 +207,6 @@ class VectorIndex:
         return vectors.describe(self.backend, self.path)
 
     def save(self) -> None:
-        if self._store is not None:
-            self._store.save(self.path)
+        if self._store is not None and not self.read_only:
+            with self.lock.reading():  # serialising does not change the index
+                self._store.save(self.path)

@@ -135,3 +135,21 @@ def shared_images() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared media not found at {path} (checkout without ../shared/data)")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_lib(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The demo library (synthetic pictures, the demo CLIP and YOLO), indexed once per
+    test session; tests that change it make their own."""
+    from tests.serving import demo_library
+
+    return demo_library(tmp_path_factory.mktemp("demo-lib"))
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_lib: Any) -> Iterator[Any]:
+    """A real `everlook serve` (watcher included) over the demo library."""
+    from tests.serving import serving
+
+    with serving(demo_lib.settings, str(demo_lib.library), cwd=demo_lib.base) as served:
+        yield served

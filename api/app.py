@@ -1,0 +1,115 @@
+"""The FastAPI app: routes, the web page, security, and the background work it owns
+(the watcher, and picking up vectors other processes added)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from api import errors
+from api.routes_items import router as items_router
+from api.routes_search import router as search_router
+from api.security import DeclaredLength, TokenAuth
+from api.services import Services
+
+log = logging.getLogger("everlook.api")
+STATIC = Path(__file__).resolve().parent / "static"
+ENVELOPE = 64 * 1024  # multipart boundaries and form fields around an upload
+
+
+class Background:
+    """Threads the server runs beside the requests: the watcher (initial reconcile,
+    then events) and the index refresher. Both stop at shutdown."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._spawn("everlook-refresh", self._refresh)
+        if self.svc.watcher is not None:
+            self._spawn("everlook-watch", self._watch)
+
+    def _spawn(self, name: str, target: object) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        t.start()
+        self.threads.append(t)
+
+    def _watch(self) -> None:
+        w = self.svc.watcher
+        try:
+            w.start()
+            w.run_forever()
+        except Exception:
+            log.exception("the watcher stopped on an error; searches go on")
+
+    def _refresh(self) -> None:
+        index = self.svc.engine.index
+        while not self.stop.wait(self.svc.config.refresh_seconds):
+            try:
+                r = index.refresh()
+                if r.added or r.removed:
+                    log.info("index: picked up %d new, %d removed vectors", r.added, r.removed)
+            except Exception:
+                log.exception("refreshing the index from the catalog failed; will retry")
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self.svc.watcher is not None:
+            self.svc.watcher.stop()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+def create_app(svc: Services, background: bool = True) -> FastAPI:
+    """The app over services built by the caller. background=False leaves the watcher
+    and the refresher to the caller (tests drive them step by step)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        bg = Background(svc)
+        if background:
+            bg.start()
+        try:
+            yield
+        finally:
+            bg.shutdown()
+
+    cfg = svc.config
+    app = FastAPI(
+        title="Everlook", version="0.1.0", lifespan=lifespan,
+        description="Semantic search over your images (and soon sounds). Errors always "
+        'answer {"error": {"status", "code", "message"}}.',
+        max_body_size=cfg.upload_max_bytes + ENVELOPE,
+    )  # fmt: skip
+    app.state.services = svc
+    errors.install(app)
+    app.include_router(search_router)
+    app.include_router(items_router)
+    # Outermost last: the declared length is refused first, then auth, then CORS
+    # (so a browser sees the CORS headers on a 401 too).
+    if cfg.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(cfg.cors_origins),
+            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+        )  # fmt: skip
+    app.add_middleware(TokenAuth, token=cfg.token)
+    app.add_middleware(DeclaredLength, max_bytes=cfg.upload_max_bytes + ENVELOPE,
+                       shown_limit=cfg.upload_max_bytes)  # fmt: skip
+    if (STATIC / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def page() -> FileResponse:
+            return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return app

@@ -1,0 +1,79 @@
+"""One error shape for every response that is not a success:
+
+    {"error": {"status": 404, "code": "not_found", "message": "no item with id 7"}}
+
+Validation errors add "details"; an unexpected exception is logged with its traceback
+and the client gets only "internal error" (never a stack trace)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("everlook.api")
+
+CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "unprocessable", 429: "too_many_requests",
+    500: "internal", 501: "not_implemented", 503: "unavailable",
+}  # fmt: skip
+
+
+class ApiError(Exception):
+    """Raised by routes; becomes the error shape with this status and message."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"status": status, "code": CODES.get(status, "error"), "message": message,
+                      **extra}}  # fmt: skip
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message, **extra), status, headers=headers)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for e in exc.errors():
+        loc = [str(x) for x in e.get("loc", ())]
+        # "input" may hold the whole (binary) body: never echo it back.
+        out.append({"where": ".".join(loc), "problem": str(e.get("msg", "invalid"))})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else CODES.get(exc.status_code, "")
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _validation_details(exc)
+        first = details[0] if details else {"where": "request", "problem": "invalid"}
+        message = f"{first['where']}: {first['problem']}"
+        return error_response(422, message, details=details)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", req.method, req.url.path)
+        return error_response(500, "internal error (the server log has the details)")

@@ -1,0 +1,83 @@
+"""Files by catalog id only: an item's path is served if it still lies inside a
+configured library root (after resolving symlinks), and thumbnails are derived data,
+made once per (content, size) and rebuilt whenever the cached file is missing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from api.errors import ApiError
+from indexer.media import Limits, MediaError, decode_image, read_file
+
+SIZES = (256, 512, 1024)
+
+
+def inside(path: str, roots: Sequence[str]) -> bool:
+    real = os.path.realpath(path)
+    for root in roots:
+        try:
+            if os.path.commonpath([real, root]) == root:
+                return True
+        except ValueError:  # mixed absolute/relative: never inside
+            continue
+    return False
+
+
+def servable(paths: Sequence[str], roots: Sequence[str]) -> str:
+    """The first of an item's paths that exists inside a library root."""
+    if not roots:
+        raise ApiError(403, "no library folders are configured, so no files are served "
+                       "(give folders to `everlook serve` or set EVERLOOK_LIBRARY)")  # fmt: skip
+    for p in paths:
+        if inside(p, roots) and os.path.isfile(p):
+            return p
+    raise ApiError(404, "none of this item's files is inside a library folder any more")
+
+
+class Thumbnails:
+    """WebP thumbnails on disk, keyed by content hash and size: a moved file keeps its
+    thumbnails, a changed file (a new item, a new hash) gets new ones."""
+
+    def __init__(self, folder: Path, limits: Limits) -> None:
+        self.folder = folder
+        self.limits = limits
+        # Striped locks: two requests for the same thumbnail make it once, without a
+        # lock per item kept forever.
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    def path_for(self, sha256: str, size: int) -> Path:
+        return self.folder / str(size) / sha256[:2] / f"{sha256}.webp"
+
+    def get(self, sha256: str, source: str, size: int) -> Path:
+        if size not in SIZES:
+            raise ApiError(422, f"size must be one of {', '.join(map(str, SIZES))}")
+        dest = self.path_for(sha256, size)
+        if dest.is_file():
+            return dest
+        lock = self._locks[int(hashlib.sha1(dest.name.encode()).hexdigest()[:8], 16) % 64]
+        with lock:
+            if dest.is_file():
+                return dest
+            try:
+                raw = read_file(source, self.limits)
+                img = decode_image(raw.data, self.limits, draft_side=size).image
+            except MediaError as exc:
+                raise ApiError(422, f"cannot make a thumbnail: {exc}") from exc
+            img.thumbnail((size, size), Image.Resampling.LANCZOS)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    img.save(f, "WEBP", quality=82, method=4)
+                os.replace(tmp, dest)  # readers see the old state or the whole file
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        return dest

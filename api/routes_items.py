@@ -1,0 +1,172 @@
+"""Items (detail, thumbnail, original, classify), the library (stats, facets) and health."""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy import text
+
+from api.errors import ApiError, error_response
+from api.files import SIZES, servable
+from api.routes_search import item_vector
+from api.schemas import (
+    Classified,
+    ClassifyRequest,
+    Facets,
+    Health,
+    ItemDetail,
+    Ready,
+    errors,
+)  # fmt: skip
+from api.services import Services, Svc
+from api.uploads import decode_upload_image
+from search.present import styles_of
+
+router = APIRouter()
+ItemId = Annotated[int, "item id"]
+FORMAT_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
+                "GIF": "image/gif", "WEBP": "image/webp", "TIFF": "image/tiff",
+                "BMP": "image/bmp", "HEIF": "image/heif", "AVIF": "image/avif"}  # fmt: skip
+
+
+def _detail(svc: Services, item_id: int) -> dict[str, Any]:
+    detail = svc.catalog.item(item_id)
+    if detail is None:
+        raise ApiError(404, f"no item with id {item_id}")
+    return detail
+
+
+@router.get("/api/items/{item_id}", response_model=ItemDetail, responses=errors(401, 404, 422),
+            tags=["items"])  # fmt: skip
+def item(svc: Svc, item_id: ItemId) -> dict[str, Any]:
+    """Everything known of one item: metadata, paths, objects, tags, styles, labels."""
+    d = _detail(svc, item_id)
+    d.update(styles_of(d["labels"], svc.config.artwork_min_score))
+    d["thumbnail"] = f"/api/items/{item_id}/thumbnail?size=1024"
+    d["file"] = f"/api/items/{item_id}/file"
+    return d
+
+
+IMAGE = {"content": {"image/webp": {}}, "description": "the thumbnail"}
+
+
+@router.get("/api/items/{item_id}/thumbnail", response_class=FileResponse, tags=["items"],
+            responses={200: IMAGE, **errors(401, 403, 404, 422)})  # fmt: skip
+def thumbnail(
+    svc: Svc, item_id: ItemId,
+    size: Annotated[int, Query(description=f"longest side: one of {SIZES}")] = 256,
+) -> FileResponse:  # fmt: skip
+    """A WebP thumbnail (made once, kept on disk; remade if the cache file is gone)."""
+    if size not in SIZES:
+        raise ApiError(422, f"size must be one of {', '.join(map(str, SIZES))}")
+    d = _detail(svc, item_id)
+    if d["kind"] != "image":
+        raise ApiError(404, f"item {item_id} is {d['kind']}: it has no thumbnail")
+    dest = svc.thumbs.path_for(d["sha256"], size)
+    if not dest.is_file():
+        dest = svc.thumbs.get(d["sha256"], servable(d["paths"], svc.config.roots), size)
+    return FileResponse(dest, media_type="image/webp",
+                        headers={"Cache-Control": "private, max-age=86400"})  # fmt: skip
+
+
+@router.get("/api/items/{item_id}/file", response_class=FileResponse, tags=["items"],
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "the original file"},
+                       **errors(401, 403, 404, 422)})  # fmt: skip
+def original(svc: Svc, item_id: ItemId) -> FileResponse:
+    """The original file, if it still lies inside a library folder."""
+    d = _detail(svc, item_id)
+    path = servable(d["paths"], svc.config.roots)
+    media = FORMAT_TYPES.get(d["format"] or "") or mimetypes.guess_type(path)[0]
+    return FileResponse(path, media_type=media or "application/octet-stream")
+
+
+def _classify(svc: Services, vec: np.ndarray, req: ClassifyRequest) -> dict[str, Any]:
+    if (req.labels is None) == (not req.imagenet):
+        raise ApiError(422, "give labels or imagenet=true (one of them)")
+    try:
+        clf = svc.classifier()
+        with svc.model():
+            ranked = (clf.classify_imagenet(vec[None, :], req.k) if req.imagenet
+                      else clf.classify(vec[None, :], req.labels or []))  # fmt: skip
+    except ValueError as exc:  # fewer than two distinct labels
+        raise ApiError(422, str(exc)) from None
+    return {"labels": [{"label": n, "score": round(float(p), 6)} for n, p in ranked[0][: req.k]]}
+
+
+@router.post("/api/items/{item_id}/classify", response_model=Classified, tags=["classify"],
+             responses=errors(401, 404, 409, 422, 503))  # fmt: skip
+def classify_item(svc: Svc, item_id: ItemId, req: ClassifyRequest) -> dict[str, Any]:
+    """Zero-shot classification of an item against your labels or ImageNet's."""
+    return _classify(svc, item_vector(svc, item_id), req)
+
+
+@router.post("/api/classify", response_model=Classified, tags=["classify"],
+             responses=errors(401, 413, 415, 422, 503))  # fmt: skip
+async def classify_upload(
+    svc: Svc,
+    file: Annotated[UploadFile, File(description="the image to classify")],
+    labels: Annotated[str | None, Form(max_length=20000, description="comma-separated",
+                                       examples=["cat,dog,bird"])] = None,
+    imagenet: Annotated[bool, Form()] = False,
+    k: Annotated[int, Form(ge=1, le=1000)] = 5,
+) -> dict[str, Any]:  # fmt: skip
+    """Zero-shot classification of an uploaded image."""
+    data = await file.read()
+    names = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+    req = ClassifyRequest(labels=names or None, imagenet=imagenet, k=k)
+
+    def work() -> dict[str, Any]:
+        upload = decode_upload_image(data, svc.config.limits)
+        return _classify(svc, svc.image_vector(upload.image), req)
+
+    return await run_in_threadpool(work)
+
+
+@router.get("/api/stats", tags=["library"], responses=errors(401))
+def stats(svc: Svc) -> dict[str, Any]:
+    """Items, paths, stage progress, failures, models, and the loaded index."""
+    out = svc.catalog.stats()
+    out["index"] = {"vectors": svc.engine.index.count()}
+    out["watching"] = list(svc.watcher.roots) if svc.watcher is not None else []
+    return out
+
+
+@router.get("/api/facets", response_model=Facets, tags=["library"], responses=errors(401))
+def facets(svc: Svc) -> dict[str, Any]:
+    """What the library holds, for filter chips: objects, tags, styles, labels, kinds,
+    dates, with item counts (recomputed at most every 10 s)."""
+    now = time.monotonic()
+    if svc.facets is not None and now - svc.facets[0] < 10:
+        return svc.facets[1]
+    c = svc.config
+    out = svc.catalog.browse.facets(c.has_min_confidence, c.style_min_score)
+    svc.facets = (now, out)
+    return out
+
+
+@router.get("/api/health", response_model=Health, tags=["health"])
+async def health() -> dict[str, str]:
+    """Liveness: answers at once, whatever the models or the catalog are doing."""
+    return {"status": "ok"}
+
+
+@router.get("/api/ready", response_model=Ready, tags=["health"], responses=errors(401, 503))
+def ready(svc: Svc) -> Any:
+    """Readiness: the catalog answers and the vector index is loaded."""
+    try:
+        with svc.catalog.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return error_response(503, f"the catalog does not answer: {type(exc).__name__}")
+    index = svc.engine.index
+    if not index.loaded:
+        return error_response(503, "the vector index is still loading")
+    return JSONResponse({"status": "ready", "catalog": True, "index": True,
+                         "vectors": index.count()})  # fmt: skip

@@ -1,0 +1,196 @@
+"""Search: by text (with -negatives), by uploaded image (with text), by item, by
+filters alone; one page shape and a cursor that neither skips nor repeats."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from api.errors import ApiError
+from api.schemas import SearchPage, errors
+from api.services import Services, Svc
+from api.uploads import decode_upload_image, sniff
+from catalog.filters import Filters
+from search.engine import Hit
+from search.present import result_rows
+from search.query import Cursor
+
+router = APIRouter(tags=["search"])
+THUMB = "/api/items/{}/thumbnail?size=256"
+
+
+def _has(spec: str) -> tuple[str, int]:
+    label, _, count = spec.rpartition(":") if ":" in spec else (spec, "", "1")
+    if not label.strip() or not count.isdigit() or not 1 <= int(count) <= 1000:
+        raise ApiError(422, f"has={spec!r}: use LABEL or LABEL:COUNT (e.g. person:2)")
+    return label.strip(), int(count)
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(422, f"{name}={value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+    return t.replace(tzinfo=None) if t.tzinfo else t  # catalog times are naive local
+
+
+Text = Annotated[str | None, Query(max_length=500)]
+Many = Annotated[list[str] | None, Query(max_length=50)]
+
+
+def filter_params(
+    svc: Svc,
+    has: Annotated[
+        Many, Query(description='object, or "LABEL:N" for at least N', examples=["dog", "person:2"])
+    ] = None,
+    tag: Annotated[Many, Query(description="panoptic tag, e.g. sky")] = None,
+    style: Annotated[Text, Query(description="artist style, e.g. Claude Monet")] = None,
+    min_style: Annotated[float | None, Query(ge=0, le=1)] = None,
+    label: Annotated[Many, Query(description="stored label, e.g. an ImageNet class")] = None,
+    kind: Annotated[str | None, Query(pattern="^(image|audio)$")] = None,
+    after: Annotated[Text, Query(description="taken on/after (YYYY-MM-DD)")] = None,
+    before: Annotated[Text, Query(description="taken before (YYYY-MM-DD)")] = None,
+    camera: Annotated[Text, Query(description="camera make/model contains")] = None,
+    path_glob: Annotated[Text, Query(description="path matches this glob")] = None,
+) -> Filters:
+    c = svc.config
+    return Filters(
+        has=[_has(h) for h in has or []], min_confidence=c.has_min_confidence,
+        tags=list(tag or []), styles=[style] if style else [],
+        min_style=c.style_min_score if min_style is None else min_style,
+        min_artwork=c.artwork_min_score, labels=list(label or []), kind=kind,
+        after=_when(after, "after"), before=_when(before, "before"), camera=camera or None,
+        path_glob=path_glob or None,
+    )  # fmt: skip
+
+
+K = Annotated[int, Query(ge=1, le=200, description="results per page")]
+MinScore = Annotated[float | None, Query(ge=-2, le=2, description="drop results below")]
+CursorQ = Annotated[str | None, Query(max_length=300, description="next_cursor of a page")]
+
+
+def _cursor(token: str | None, ranked: bool) -> Cursor | None:
+    if not token:
+        return None
+    try:
+        c = Cursor.decode(token)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    if (c.score is not None) != ranked:
+        raise ApiError(400, "this cursor belongs to another kind of query")
+    return c
+
+
+def page(
+    svc: Services, vec: np.ndarray | None, k: int, cursor: str | None, min_score: float | None,
+    filters: Filters, exclude: list[int], words: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """One page of results for a query vector (or the newest items, with none)."""
+    after = _cursor(cursor, vec is not None)
+    hits: list[Hit]
+    if vec is None:
+        hits, nxt = svc.engine.newest(filters, k, after)
+    else:
+        hits, nxt = svc.engine.page(vec, k, after, min_score, filters, exclude, words or None)
+    rows = result_rows(svc.catalog, hits, svc.config.artwork_min_score,
+                       first_rank=(after.seen if after else 0) + 1)  # fmt: skip
+    for r in rows:
+        r["thumbnail"] = THUMB.format(r["item_id"])
+    return {"results": rows, "next_cursor": nxt.encode() if nxt else None}
+
+
+def item_vector(svc: Services, item_id: int) -> np.ndarray:
+    try:
+        return svc.engine.item_vector(item_id)
+    except LookupError:
+        if not svc.catalog.item_exists(item_id):
+            raise ApiError(404, f"no item with id {item_id}") from None
+        raise ApiError(409, f"item {item_id} has no embedding of the current model yet") from None
+
+
+def _text_query(svc: Services, q: str, image: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    try:
+        return svc.text_vector(q, image)
+    except ValueError as exc:  # only -negatives
+        raise ApiError(400, str(exc)) from None
+
+
+SEARCH_ERRORS = errors(400, 401, 404, 409, 422, 503)
+
+
+@router.get("/api/search", response_model=SearchPage, responses=SEARCH_ERRORS)
+def search(
+    svc: Svc,
+    filters: Annotated[Filters, Depends(filter_params)],
+    q: Annotated[Text, Query(description='words; "-word" or -"two words" to search away '
+                             "from them", examples=["a dog on a beach -people"])] = None,
+    like: Annotated[int | None, Query(ge=1, le=2**62, description="more like this item")] = None,
+    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Search by text, by an item ("more like this"), both at once, or by filters alone
+    (newest first). With nothing given: every item, newest first."""
+    q = (q or "").strip() or None
+    vec, words = None, None
+    base = item_vector(svc, like) if like is not None else None
+    if q is not None:
+        vec, words = _text_query(svc, q, base)
+    elif base is not None:
+        vec = base
+    exclude = [like] if like is not None else []
+    return page(svc, vec, k, cursor, min_score, filters, exclude, words)
+
+
+@router.get("/api/items/{item_id}/similar", response_model=SearchPage, responses=SEARCH_ERRORS,
+            tags=["items"])  # fmt: skip
+def similar(
+    svc: Svc, item_id: int,
+    filters: Annotated[Filters, Depends(filter_params)],
+    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
+) -> dict[str, Any]:  # fmt: skip
+    """More like this item (the item itself left out)."""
+    vec = item_vector(svc, item_id)
+    return page(svc, vec, k, cursor, min_score, filters, [item_id], None)
+
+
+@router.post("/api/search/image", response_model=SearchPage,
+             responses=errors(400, 401, 409, 413, 415, 422, 503))  # fmt: skip
+async def search_image(
+    svc: Svc,
+    filters: Annotated[Filters, Depends(filter_params)],
+    file: Annotated[UploadFile, File(description="the image to search with")],
+    q: Annotated[str | None, Form(max_length=500, description="text combined with the "
+                                  "image; -words search away from them")] = None,
+    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Images like an uploaded one, optionally steered by text."""
+    data = await file.read()
+
+    def work() -> dict[str, Any]:
+        upload = decode_upload_image(data, svc.config.limits)
+        vec = svc.image_vector(upload.image)
+        words = None
+        text = (q or "").strip()
+        if text:
+            vec, words = _text_query(svc, text, vec)
+        return page(svc, vec, k, cursor, min_score, filters, [], words)
+
+    return await run_in_threadpool(work)
+
+
+@router.post("/api/search/audio", response_model=SearchPage,
+             responses=errors(401, 413, 415, 422, 501))  # fmt: skip
+async def search_audio(
+    file: Annotated[UploadFile, File(description="a recording (WAV, FLAC, Ogg, MP3, M4A)")],
+) -> dict[str, Any]:
+    """Images by a sound: needs ImageBind embeddings (not in this version yet)."""
+    data = await file.read()
+    if sniff(data) != "audio":
+        raise ApiError(415, "this endpoint takes a sound recording")
+    raise ApiError(501, "searching by sound needs ImageBind embeddings, which this version "
+                   "of Everlook does not compute yet")  # fmt: skip

@@ -1,0 +1,159 @@
+"""Response shapes, as they appear in the OpenAPI schema (with examples)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    status: int = Field(examples=[404])
+    code: str = Field(examples=["not_found"])
+    message: str = Field(examples=["no item with id 7"])
+    details: list[dict[str, str]] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: these statuses answer in the error shape."""
+    return {s: {"model": ErrorBody, "description": "error"} for s in statuses}
+
+
+class Scored(BaseModel):
+    label: str
+    score: float
+
+
+class ArtistScore(BaseModel):
+    artist: str = Field(examples=["Claude Monet"])
+    score: float = Field(examples=[0.82])
+
+
+class Result(BaseModel):
+    rank: int = Field(examples=[1])
+    item_id: int = Field(examples=[12])
+    score: float | None = Field(description="cosine similarity (with any label boost); "
+                                "null in a listing without a query", examples=[0.3127])  # fmt: skip
+    path: str | None = Field(examples=["/photos/2024/beach.jpg"])
+    paths: list[str]
+    kind: str = Field(examples=["image"])
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+    objects: dict[str, int] = Field(examples=[{"dog": 1, "person": 2}])
+    tags: list[str] = Field(examples=[["sky", "sand", "sea"]])
+    styles: list[ArtistScore]
+    artwork: float | None = None
+    labels: list[Scored]
+    thumbnail: str = Field(examples=["/api/items/12/thumbnail?size=256"])
+
+
+class SearchPage(BaseModel):
+    results: list[Result]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` (same other parameters) for the next page; null at "
+        "the end", examples=["eyJzIjogMC4yOSwgImkiOiA0MSwgIm4iOiAyNH0"],
+    )  # fmt: skip
+
+
+class Detection(BaseModel):
+    label: str
+    confidence: float
+    box: list[float] = Field(description="x0, y0, x1, y1 as fractions (0..1) of the width "
+                             "and height", examples=[[0.1, 0.2, 0.5, 0.9]])  # fmt: skip
+    model_id: str
+
+
+class Segment(BaseModel):
+    label: str
+    thing: bool
+    area: float
+    score: float
+    model_id: str
+
+
+class StageState(BaseModel):
+    stage: str
+    status: str
+    model_id: str | None
+    error: str | None
+    attempts: int | None = None
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+    model_id: str
+
+
+class ItemDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: int
+    kind: str
+    sha256: str
+    format: str | None
+    width: int | None
+    height: int | None
+    size_bytes: int
+    taken_at: str | None
+    camera_make: str | None
+    camera_model: str | None
+    gps: list[float] | None
+    created_at: str | None
+    paths: list[str]
+    stages: list[StageState]
+    detections: list[Detection]
+    segments: list[Segment]
+    tags: list[str]
+    labels: dict[str, list[LabelScore]]
+    styles: list[ArtistScore]
+    artwork: float | None
+    thumbnail: str
+    file: str
+
+
+class Facet(BaseModel):
+    value: str
+    count: int
+
+
+class DateRange(BaseModel):
+    min: str | None
+    max: str | None
+
+
+class Facets(BaseModel):
+    objects: list[Facet]
+    tags: list[Facet]
+    styles: list[Facet]
+    labels: list[Facet]
+    kinds: list[Facet]
+    dates: DateRange
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: list[str] | None = Field(
+        default=None, min_length=1, max_length=1000, examples=[["cat", "dog", "bird"]]
+    )
+    imagenet: bool = Field(default=False, description="rank the ImageNet-1k classes instead")
+    k: int = Field(default=5, ge=1, le=1000)
+
+
+class Classified(BaseModel):
+    labels: list[Scored]
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Ready(BaseModel):
+    status: str = Field(examples=["ready"])
+    catalog: bool
+    index: bool
+    vectors: int

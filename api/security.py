@@ -1,0 +1,91 @@
+"""Auth and the upload limit, as pure ASGI middleware (they run before any body is read).
+
+- Bearer token: when one is configured, every path under /api/ but /api/health needs
+  ``Authorization: Bearer <token>``, compared in constant time (hmac.compare_digest).
+  The page (``/``, ``/static/...``) holds no data and loads without it, so it can ask
+  the user for the token.
+- Upload limit: a declared Content-Length over the limit is refused before anything is
+  read; a body without one (chunked) is counted while it streams and refused (413) the
+  moment it passes the limit (Starlette's body limit), so a 30 MB upload never sits in
+  memory or on disk.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.errors import error_body
+
+OPEN_PATHS = ("/api/health",)
+
+
+async def _send_error(send: Send, status: int, message: str, headers: Any = ()) -> None:
+    body = json.dumps(error_body(status, message)).encode()
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), *headers],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+class TokenAuth:
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.token is None
+            or scope["type"] != "http"
+            or not scope["path"].startswith("/api/")
+            or scope["path"] in OPEN_PATHS
+            or scope["method"] == "OPTIONS"  # CORS preflight carries no credentials
+        ):
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+        scheme, _, credential = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self.token):
+            await self.app(scope, receive, send)
+            return
+        why = "this server needs a token: send Authorization: Bearer <token>"
+        if given:
+            why = "the token given is not this server's"
+        await _send_error(send, 401, why, [(b"www-authenticate", b'Bearer realm="everlook"')])
+
+
+class DeclaredLength:
+    """Refuses a body whose declared Content-Length is over the limit before reading a
+    byte of it, in the JSON error shape. Bodies without a length (chunked) are counted
+    as they stream by FastAPI's own limit (``FastAPI(max_body_size=...)``), which stops
+    reading at the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, shown_limit: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.shown_limit = shown_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name != b"content-length":
+                    continue
+                if not value.isdigit():
+                    await _send_error(send, 400, "Content-Length is not a number")
+                    return
+                if int(value) > self.max_bytes:
+                    await _send_error(send, 413, too_large(self.shown_limit))
+                    return
+        await self.app(scope, receive, send)
+
+
+def too_large(limit: int) -> str:
+    return f"upload over the limit of {limit} bytes (setting upload_max_bytes)"

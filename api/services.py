@@ -1,0 +1,83 @@
+"""What the app serves from: built once by the caller (``everlook serve`` or a test)
+and handed to ``create_app``; routes reach it through the ``Svc`` dependency."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, Request
+from PIL import Image
+
+from api.files import Thumbnails
+from catalog import Catalog
+from indexer.media import Limits
+from search.engine import SearchEngine
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    thumbs_dir: Path
+    roots: tuple[str, ...] = ()  # resolved (realpath) library folders
+    token: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    upload_max_bytes: int = 25 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
+    negative_weight: float = 0.5
+    has_min_confidence: float = 0.4
+    style_min_score: float = 0.2
+    artwork_min_score: float = 0.5
+    refresh_seconds: float = 2.0
+
+
+@dataclass
+class Services:
+    config: ApiConfig
+    catalog: Catalog
+    engine: SearchEngine
+    # Built on first use (the ImageNet prompts take a while on first use, then come
+    # from the disk cache); the factory is called once, under the model gate.
+    classifier_factory: Callable[[], Any]
+    watcher: Any = None  # indexer.watch.Watcher when the server indexes too
+    thumbs: Thumbnails = field(init=False)
+    # One query model call at a time: on a CPU box, parallel forward passes only
+    # thrash the cores, and a single queue keeps latency fair (p99 close to p50).
+    # FAISS searches and catalog reads run side by side, outside this gate.
+    gate: threading.RLock = field(default_factory=threading.RLock)
+    _classifier: Any = None
+    facets: tuple[float, dict[str, Any]] | None = None  # (when, facets): a short cache
+
+    def __post_init__(self) -> None:
+        self.thumbs = Thumbnails(self.config.thumbs_dir, self.config.limits)
+
+    @contextmanager
+    def model(self) -> Iterator[None]:
+        with self.gate:
+            yield
+
+    def text_vector(self, text: str, image: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        with self.model():
+            return self.engine.text_vector(text, self.config.negative_weight, image)
+
+    def image_vector(self, image: Image.Image) -> np.ndarray:
+        with self.model():
+            return np.asarray(self.engine.embedder.embed_images([image])[0], dtype=np.float32)
+
+    def classifier(self) -> Any:
+        with self.model():
+            if self._classifier is None:
+                self._classifier = self.classifier_factory()
+            return self._classifier
+
+
+def _services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+Svc = Annotated[Services, Depends(_services)]
