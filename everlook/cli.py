@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import sys
@@ -56,7 +55,9 @@ def _parts() -> Any:
     return Parts(_settings())
 
 
-def hold_writer(parts: Any, command: str, paths: list[str] | None = None) -> bool:
+def hold_writer(
+    ctx: typer.Context, parts: Any, command: str, paths: list[str] | None = None
+) -> bool:
     """Take the data dir's writer lock for this process (released at exit). If a
     `serve` holds it and watches every path given, hand the paths to its queue instead
     and return True; otherwise, if held, say who holds it and exit 2."""
@@ -74,7 +75,9 @@ def hold_writer(parts: Any, command: str, paths: list[str] | None = None) -> boo
             "it; a running `everlook serve` indexes folders under its library itself."
         )
         raise typer.Exit(EXIT_USAGE) from None
-    atexit.register(lock.release)
+    # Released when the command ends (its click context closes), so commands invoked
+    # one after another in one process (tests, scripts) each take it afresh.
+    ctx.call_on_close(lock.release)
     return False
 
 
@@ -118,6 +121,7 @@ def _main(
 
 @app.command()
 def index(
+    ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Folders or files to index.")],
     include: Annotated[
         list[str] | None,
@@ -145,7 +149,7 @@ def index(
             raise typer.Exit(EXIT_USAGE)
     parts = _parts()
     s = parts.settings
-    if hold_writer(parts, "index", [str(p) for p in paths]):
+    if hold_writer(ctx, parts, "index", [str(p) for p in paths]):
         raise typer.Exit(EXIT_OK)  # handed to the running server
     rules = ScanRules(
         include or s.include, [*s.exclude, *(exclude or [])], hidden or s.include_hidden
@@ -299,6 +303,7 @@ def _stage_progress(parts: Any) -> dict[str, Any]:
 
 @app.command()
 def enrich(
+    ctx: typer.Context,
     stage: Annotated[
         list[str] | None,
         typer.Option("--stage", help="Only this stage (repeatable); default: all enabled."),
@@ -311,7 +316,7 @@ def enrich(
 ) -> None:
     """Run enrichment stages on every item that still needs them (backfill)."""
     parts = _parts()
-    hold_writer(parts, "enrich")
+    hold_writer(ctx, parts, "enrich")
     names = stage or parts.settings.stages
     try:
         runner = parts.stage_runner(names)

@@ -14,6 +14,7 @@ from everlook.cli import EXIT_USAGE, _fail_config, _parts, app, err, hold_writer
 
 @app.command()
 def watch(
+    ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Folders to watch.")],
     poll: Annotated[
         bool | None,
@@ -40,7 +41,7 @@ def watch(
     logging.getLogger("everlook").setLevel(logging.INFO)
     parts = _parts()
     s = parts.settings
-    hold_writer(parts, "watch", [str(p) for p in paths])
+    hold_writer(ctx, parts, "watch", [str(p) for p in paths])
     opts = WatchOptions(
         quiet_seconds=s.watch_quiet_seconds if quiet is None else quiet,
         poll=s.watch_poll if poll is None else poll,
@@ -89,6 +90,7 @@ def is_loopback(host: str) -> bool:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Library folders to watch and serve.")
     ] = None,
@@ -127,7 +129,7 @@ def serve(
             raise typer.Exit(EXIT_USAGE)
     roots = sorted({os.path.realpath(f) for f in folders})
     if roots:
-        hold_writer(parts, "serve", roots)
+        hold_writer(ctx, parts, "serve", roots)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("everlook").setLevel(logging.INFO)
     try:

@@ -16,7 +16,7 @@ ALLOWED = {
     "search": {"catalog"},
     "enrich": {"catalog", "search"},
     "indexer": {"catalog", "search", "enrich"},
-    "api": {"catalog", "search", "enrich"},
+    "api": {"catalog", "search", "enrich", "indexer"},  # media decoding, the watcher it runs
     "migrations": {"catalog"},
     "everlook": OURS,
 }
