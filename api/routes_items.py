@@ -123,7 +123,7 @@ async def classify_upload(
     req = ClassifyRequest(labels=names or None, imagenet=imagenet, k=k)
 
     def work() -> dict[str, Any]:
-        upload = decode_upload_image(data, svc.config.limits)
+        upload = decode_upload_image(data, svc.config.limits, svc.config.draft_side)
         return _classify(svc, svc.image_vector(upload.image), req)
 
     return await run_in_threadpool(work)

@@ -172,7 +172,7 @@ async def search_image(
     data = await file.read()
 
     def work() -> dict[str, Any]:
-        upload = decode_upload_image(data, svc.config.limits)
+        upload = decode_upload_image(data, svc.config.limits, svc.config.draft_side)
         vec = svc.image_vector(upload.image)
         words = None
         text = (q or "").strip()

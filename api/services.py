@@ -28,6 +28,7 @@ class ApiConfig:
     cors_origins: tuple[str, ...] = ()
     upload_max_bytes: int = 25 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
+    draft_side: int | None = None  # JPEG draft decoding of query images, as when indexing
     negative_weight: float = 0.5
     has_min_confidence: float = 0.4
     style_min_score: float = 0.2

@@ -67,12 +67,14 @@ class UploadedImage:
     format: str
 
 
-def decode_upload_image(data: bytes, limits: Limits) -> UploadedImage:
+def decode_upload_image(
+    data: bytes, limits: Limits, draft_side: int | None = None
+) -> UploadedImage:
     kind = sniff(data)
     if kind != "image":
         raise ApiError(415, f"this endpoint takes an image; the upload is {kind}")
     try:
-        decoded = decode_image(data, limits, draft_side=448)
+        decoded = decode_image(data, limits, draft_side)
     except MediaError as exc:
         raise ApiError(422, f"cannot decode the image: {exc}") from exc
     return UploadedImage(decoded.image, decoded.format)

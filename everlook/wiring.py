@@ -154,11 +154,17 @@ class Parts:
             roots=tuple(os.path.realpath(r) for r in roots),
             token=s.api_token.get_secret_value() if s.api_token else None,
             cors_origins=tuple(s.cors_origins), upload_max_bytes=s.upload_max_bytes,
-            limits=self.limits(), negative_weight=s.negative_weight,
+            limits=self.limits(), draft_side=self.query_draft_side(),
+            negative_weight=s.negative_weight,
             has_min_confidence=s.has_min_confidence, style_min_score=s.style_min_score,
             artwork_min_score=s.artwork_min_score, refresh_seconds=s.index_refresh_seconds,
         )  # fmt: skip
         return Services(config, self.catalog, self.engine(), self.classifier, watcher)
+
+    def query_draft_side(self) -> int | None:
+        """How query images are decoded: like indexed ones (JPEG draft at twice the model
+        input), so a file searched for finds its own indexed copy at score 1."""
+        return 2 * self.embedder.input_side if self.settings.draft_decode else None
 
     def engine(self) -> SearchEngine:
         return SearchEngine(self.embedder, self.index, self.catalog)
