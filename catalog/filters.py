@@ -43,7 +43,10 @@ class Filters:
 
 
 def _mtime_ns(t: datetime) -> int:
-    return int(t.timestamp() * 1_000_000_000)  # naive: local time, as EXIF times are
+    # Naive: local time, as EXIF times are. Clamped to a 64-bit column's range: a date
+    # like 2999-01-01 is a fine filter, not an integer overflow in the database.
+    ns = int(t.timestamp() * 1_000_000_000)
+    return max(-(2**63), min(2**63 - 1, ns))
 
 
 def _time_clause(after: datetime | None, before: datetime | None) -> Any:
