@@ -93,7 +93,14 @@ function readUrl() {
   els.after.value = state.filters.after;
   els.before.value = state.filters.before;
   const like = pageParams.get("like");
-  if (like && /^\d+$/.test(like)) state.like = { id: Number(like), name: `item ${like}` };
+  if (like && /^\d+$/.test(like)) {
+    state.like = { id: Number(like), name: `item ${like}` };
+    api(`/api/items/${like}`).then((d) => {
+      if (state.like?.id !== d.id) return;
+      state.like.name = basename(d.paths?.[0]) || state.like.name;
+      updatePill();
+    }, () => {});
+  }
 }
 
 // ---------------------------------------------------------------- searching
@@ -443,7 +450,9 @@ function updatePill() {
   } else els.pillImg.removeAttribute("src");
   els.q.placeholder = state.upload?.kind === "image"
     ? "Add words to the image search (optional)"
-    : "Search — try “a red circle” or “beach -people”";
+    : state.like
+      ? "Type to search by words instead"
+      : "Search — try “a red circle” or “beach -people”";
 }
 
 function setUpload(upload) {
@@ -581,6 +590,7 @@ const view = createItemView({
     await closeItem();
     setUpload(null);
     state.like = { id: d.id, name: basename(d.paths?.[0]) || `item ${d.id}` };
+    els.q.value = ""; // "more like this" takes no words; typing goes back to a word search
     search();
     window.scrollTo({ top: 0 });
   },

@@ -260,7 +260,7 @@ export function createItemView(hooks) {
       for (const t of d.tags) list.append(filterButton("chip tag", "tag", t, t));
       out.push(section("Tags", list));
     }
-    if (d.styles?.length || (d.artwork !== null && d.artwork !== undefined)) {
+    if (d.styles?.length) {
       const bars = el("div", { class: "bars" });
       for (const s of d.styles || []) {
         const score = Math.max(0, Math.min(1, Number(s.score) || 0));
@@ -279,7 +279,7 @@ export function createItemView(hooks) {
       const art = d.artwork !== null && d.artwork !== undefined
         ? el("p", { class: "muted small", text: `Artwork likelihood: ${pct(d.artwork)}` })
         : null;
-      out.push(section("Style", d.styles?.length ? bars : null, art));
+      out.push(section("Style", bars, art));
     }
     const labelGroups = Object.entries(d.labels || {}).filter(
       ([k, v]) => !["style", "artwork"].includes(k) && Array.isArray(v) && v.length,
@@ -350,6 +350,7 @@ export function createItemView(hooks) {
       ["Taken", formatDate(d.taken_at)],
       ["Camera", [d.camera_make, d.camera_model].filter(Boolean).join(" ") || null],
       ["GPS", Array.isArray(d.gps) && d.gps.length === 2 ? gps(d.gps) : null],
+      ["Artwork", d.artwork !== null && d.artwork !== undefined && !d.styles?.length ? pct(d.artwork) : null],
       ["Added", formatDate(d.created_at)],
       ["SHA-256", d.sha256 ? el("code", { text: d.sha256.slice(0, 16) + "…", title: d.sha256 }) : null],
       ["ID", String(d.id)],
