@@ -100,7 +100,7 @@ def test_every_result_of_a_has_filter_contains_that_object(api: Api) -> None:
 def test_filters_alone_list_matching_items_newest_first(api: Api) -> None:
     page = api.ok("/api/search", params={"path_glob": "*/artworks/*", "k": 50})
     ids = [r["item_id"] for r in page["results"]]
-    assert ids == sorted(ids, reverse=True) and len(ids) == 30
+    assert ids == sorted(ids, reverse=True) and len(ids) == 30  # 5 styles x per_style 6
     assert all(r["score"] is None for r in page["results"])
     assert api.ok("/api/search", params={"kind": "audio"})["results"] == []
     assert api.ok("/api/search", params={"q": "a star", "after": "2999-01-01"})["results"] == []
