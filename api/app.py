@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.routes_items import router as items_router
 from api.routes_search import router as search_router
-from api.security import DeclaredLength, TokenAuth
+from api.security import TokenAuth, UploadLimit
 from api.services import Services
 
 log = logging.getLogger("everlook.api")
@@ -89,7 +89,6 @@ def create_app(svc: Services, background: bool = True) -> FastAPI:
         title="Everlook", version="0.1.0", lifespan=lifespan,
         description="Semantic search over your images (and soon sounds). Errors always "
         'answer {"error": {"status", "code", "message"}}.',
-        max_body_size=cfg.upload_max_bytes + ENVELOPE,
     )  # fmt: skip
     app.state.services = svc
     errors.install(app)
@@ -103,7 +102,7 @@ def create_app(svc: Services, background: bool = True) -> FastAPI:
             allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
         )  # fmt: skip
     app.add_middleware(TokenAuth, token=cfg.token)
-    app.add_middleware(DeclaredLength, max_bytes=cfg.upload_max_bytes + ENVELOPE,
+    app.add_middleware(UploadLimit, max_bytes=cfg.upload_max_bytes + ENVELOPE,
                        shown_limit=cfg.upload_max_bytes)  # fmt: skip
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -6,8 +6,7 @@
   the user for the token.
 - Upload limit: a declared Content-Length over the limit is refused before anything is
   read; a body without one (chunked) is counted while it streams and refused (413) the
-  moment it passes the limit (Starlette's body limit), so a 30 MB upload never sits in
-  memory or on disk.
+  moment it passes the limit, so a 30 MB upload never sits in memory or on disk.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ import hmac
 import json
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body
 
@@ -62,11 +62,19 @@ class TokenAuth:
         await _send_error(send, 401, why, [(b"www-authenticate", b'Bearer realm="everlook"')])
 
 
-class DeclaredLength:
-    """Refuses a body whose declared Content-Length is over the limit before reading a
-    byte of it, in the JSON error shape. Bodies without a length (chunked) are counted
-    as they stream by FastAPI's own limit (``FastAPI(max_body_size=...)``), which stops
-    reading at the limit."""
+class BodyTooLarge(HTTPException):
+    """Raised from receive() mid-body; an HTTPException, so FastAPI's body parsing
+    passes it on and the app's handler answers 413 in the error shape."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, too_large(limit))
+
+
+class UploadLimit:
+    """A declared Content-Length over the limit is refused before a byte is read; a
+    body without one (chunked) is counted as it streams and refused the moment it
+    passes the limit. (Starlette's own body limit answers in plain text, and replaces
+    any response to an over-long declared body with its own: not our error shape.)"""
 
     def __init__(self, app: ASGIApp, max_bytes: int, shown_limit: int) -> None:
         self.app = app
@@ -74,17 +82,30 @@ class DeclaredLength:
         self.shown_limit = shown_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name != b"content-length":
-                    continue
-                if not value.isdigit():
-                    await _send_error(send, 400, "Content-Length is not a number")
-                    return
-                if int(value) > self.max_bytes:
-                    await _send_error(send, 413, too_large(self.shown_limit))
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name != b"content-length":
+                continue
+            if not value.isdigit():
+                await _send_error(send, 400, "Content-Length is not a number")
+                return
+            if int(value) > self.max_bytes:
+                await _send_error(send, 413, too_large(self.shown_limit))
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.shown_limit)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def too_large(limit: int) -> str:
