@@ -62,12 +62,15 @@ def server(demo_server: Any) -> Api:
 
 
 @pytest.fixture(scope="module")
-def token_server(demo_lib: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """A second, read-only server on the same data, that wants a token."""
-    from tests.serving import serving
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A server that wants a token, over a small demo library of its own: a server serves
+    thumbnails only from the library folders it watches, and two servers cannot watch
+    through one data dir (the writer lock)."""
+    from tests.serving import demo_library, serving
 
-    settings = {**demo_lib.settings, "EVERLOOK_API_TOKEN": TOKEN}
-    with serving(settings, cwd=tmp_path_factory.mktemp("token-server")) as served:
+    lib = demo_library(tmp_path_factory.mktemp("token-lib"), per_pair=1, per_style=0)
+    settings = {**lib.settings, "EVERLOOK_API_TOKEN": TOKEN}
+    with serving(settings, str(lib.library), cwd=lib.base) as served:
         yield Api(served)
 
 
@@ -116,16 +119,16 @@ def wait_grid(page: Any, ids: list[int]) -> None:
     )
 
 
-def is_search(path: str, **want: str) -> Any:
+def is_search(path: str, **want: str | None) -> Any:
     """A predicate on responses: the API call to path whose query holds want (a first
-    page, unless want names a cursor)."""
+    page, unless want names a cursor: cursor=None matches any next page)."""
 
     def pred(res: Any) -> bool:
         u = urllib.parse.urlsplit(res.url)
         q = urllib.parse.parse_qs(u.query)
-        if "cursor" in q and "cursor" not in want:
-            return False  # a next page (the page fills the screen on its own)
-        return u.path == path and all(q.get(k) == [v] for k, v in want.items())
+        if ("cursor" in q) != ("cursor" in want):
+            return False  # a next page (the page fills the screen on its own), or not one
+        return u.path == path and all(q.get(k) == [v] for k, v in want.items() if v is not None)
 
     return pred
 
@@ -336,13 +339,17 @@ def test_load_more_pages_through_results_without_duplicates(browser, server):
 
 
 def test_scrolling_near_the_bottom_loads_the_next_page(page, server):
-    first = open_page(page, server)
-    before = len(grid_ids(page))
-    assert before >= len(first)
-    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-    page.wait_for_function("n => document.querySelectorAll('.result').length > n", arg=before)
+    # 60 results (?k=60) reach well below the screen, so nothing loads until we scroll.
+    first = open_page(page, server, "?k=60")
+    assert len(first) == 60
+    page.wait_for_timeout(300)
+    assert len(grid_ids(page)) == 60
+    with page.expect_response(is_search("/api/search", k="60", cursor=None)) as r:
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    second = [x["item_id"] for x in r.value.json()["results"]]
+    page.wait_for_function("n => document.querySelectorAll('.result').length >= n", arg=60 + 1)
     ids = grid_ids(page)
-    assert len(ids) == len(set(ids))
+    assert ids[60:] == second and len(ids) == len(set(ids))
 
 
 def test_the_page_fits_a_phone_screen(browser, server):
