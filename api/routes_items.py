@@ -146,7 +146,7 @@ def facets(svc: Svc) -> dict[str, Any]:
     if svc.facets is not None and now - svc.facets[0] < 10:
         return svc.facets[1]
     c = svc.config
-    out = svc.catalog.browse.facets(c.has_min_confidence, c.style_min_score)
+    out = svc.catalog.browse.facets(c.has_min_confidence, c.style_min_score, c.artwork_min_score)
     svc.facets = (now, out)
     return out
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import distinct, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import distinct, exists, func, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from catalog.filters import Filters, conditions, matching_ids
 from catalog.models import DetectionRow, Item, LabelRow, SegmentRow
@@ -30,9 +30,16 @@ class Browse:
             return list(s.scalars(stmt.order_by(Item.id.desc()).limit(limit)))
 
     def facets(
-        self, min_confidence: float, min_style: float, limit: int = 50
+        self, min_confidence: float, min_style: float, min_artwork: float = 0.0, limit: int = 50
     ) -> dict[str, Any]:
-        """Values with how many items carry each, most common first (at most limit)."""
+        """Values with how many items carry each, most common first (at most limit).
+        Counted as the filters count: objects over the `has` confidence, styles only on
+        items that pass the artwork score, so a chip's count is what it finds."""
+        artwork = aliased(LabelRow)
+        is_artwork = exists().where(
+            artwork.item_id == LabelRow.item_id, artwork.kind == "artwork",
+            artwork.score >= min_artwork,
+        )  # fmt: skip
 
         def counted(s: Session, label: Any, item: Any, *where: Any) -> list[dict[str, Any]]:
             n = func.count(distinct(item))
@@ -49,7 +56,8 @@ class Browse:
                                    DetectionRow.confidence >= min_confidence),
                 "tags": counted(s, SegmentRow.label, SegmentRow.item_id),
                 "styles": counted(s, LabelRow.label, LabelRow.item_id, LabelRow.kind == "style",
-                                  LabelRow.score >= min_style),
+                                  LabelRow.score >= min_style,
+                                  *([is_artwork] if min_artwork > 0 else [])),
                 "labels": counted(s, LabelRow.label, LabelRow.item_id,
                                   LabelRow.kind == "imagenet"),
                 "kinds": counted(s, Item.kind, Item.id),

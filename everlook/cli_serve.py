@@ -99,10 +99,18 @@ def serve(
     poll: Annotated[
         bool | None, typer.Option("--poll/--no-poll", help="Poll instead of inotify.")
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch/--no-watch",
+            help="Watch and index the folders (the "
+            "default), or only serve their files beside another writer.",
+        ),
+    ] = True,
 ) -> None:
     """The search API and web page, and (for library folders) the watcher and the
-    enrichment stages, in one process. Without folders it only serves, picking up
-    what other processes add to the catalog."""
+    enrichment stages, in one process. Without folders, or with --no-watch, it only
+    reads, picking up what other processes add to the catalog."""
     import socket
 
     import uvicorn
@@ -128,13 +136,14 @@ def serve(
             err.print(f"[red]error:[/red] not a folder: {f}")
             raise typer.Exit(EXIT_USAGE)
     roots = sorted({os.path.realpath(f) for f in folders})
-    if roots:
+    writes = bool(roots) and watch
+    if writes:
         hold_writer(ctx, parts, "serve", roots)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("everlook").setLevel(logging.INFO)
     try:
         watcher = None
-        if roots:
+        if writes:
             opts = WatchOptions(
                 quiet_seconds=s.watch_quiet_seconds, poll=s.watch_poll if poll is None else poll,
                 poll_interval=s.watch_poll_interval, batch_size=s.batch_size,
@@ -160,7 +169,9 @@ def serve(
         create_app(svc), log_level="warning", timeout_graceful_shutdown=5, access_log=False,
     ))  # fmt: skip
     advertised = advertise(s.home, url)
-    what = f"watching {', '.join(roots)}" if roots else "serving only (no library folders)"
+    what = "read-only, no file serving"
+    if roots:
+        what = f"{'watching' if writes else 'serving read-only'} {', '.join(roots)}"
     err.print(f"Everlook at {url}/ — {what}; Ctrl-C to stop", highlight=False)
     try:
         server.run(sockets=[sock])

@@ -169,6 +169,14 @@ def test_stats_facets_health_and_readiness(api: Api) -> None:
     assert ready["status"] == "ready" and ready["vectors"] == n
 
 
+def test_a_facet_count_is_what_its_filter_finds(api: Api) -> None:
+    facets = api.ok("/api/facets")
+    for name, param in (("objects", "has"), ("styles", "style")):
+        for f in facets[name]:
+            found = api.ok("/api/search", params={param: f["value"], "k": 200})["results"]
+            assert len(found) == f["count"], (name, f)
+
+
 def test_the_openapi_schema_documents_every_route_with_the_error_shape(api: Api) -> None:
     schema = api.ok("/openapi.json")
     paths = schema["paths"]

@@ -168,10 +168,12 @@ def test_a_read_only_server_picks_up_what_another_process_indexed(
     lib = tmp_path / "lib"
     make_library(lib, 4)
     assert run_cli(settings, "index", str(lib), cwd=tmp_path).returncode == 0
-    with serving(settings, cwd=tmp_path) as served, served.client() as c:
+    with serving(settings, str(lib), "--no-watch", cwd=tmp_path) as served, served.client() as c:
         assert c.get("/api/ready").json()["vectors"] == 4
+        first = c.get("/api/search", params={"k": 1}).json()["results"][0]
+        assert c.get(first["thumbnail"]).status_code == 200  # serves files, writes nothing
         make_library(lib, 3, start=100)
-        done = run_cli(settings, "index", str(lib), cwd=tmp_path)  # no lock: serve only reads
+        done = run_cli(settings, "index", str(lib), cwd=tmp_path)  # --no-watch holds no lock
         assert done.returncode == 0, done.stderr
         deadline = time.monotonic() + 20
         while c.get("/api/ready").json()["vectors"] != 7 and time.monotonic() < deadline:
