@@ -35,9 +35,12 @@ class Background:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._spawn("everlook-refresh", self._refresh)
         if self.svc.watcher is not None:
             self._spawn("everlook-watch", self._watch)
+        else:
+            # Only a reader follows the catalog: a server with a watcher holds the
+            # writer lock, so every vector change comes through its own pipeline.
+            self._spawn("everlook-refresh", self._refresh)
 
     def _spawn(self, name: str, target: object) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from PIL import Image
 from api.errors import ApiError
 from indexer.media import Limits, MediaError, decode_image, read_file
 
-SIZES = (256, 512, 1024)
+SIZES = [256, 512, 1024]
 
 
 def inside(path: str, roots: Sequence[str]) -> bool:

@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import text
@@ -29,7 +29,7 @@ from api.uploads import decode_upload_image
 from search.present import styles_of
 
 router = APIRouter()
-ItemId = Annotated[int, "item id"]
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="catalog item id")]
 FORMAT_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
                 "GIF": "image/gif", "WEBP": "image/webp", "TIFF": "image/tiff",
                 "BMP": "image/bmp", "HEIF": "image/heif", "AVIF": "image/avif"}  # fmt: skip
@@ -53,6 +53,7 @@ def item(svc: Svc, item_id: ItemId) -> dict[str, Any]:
     return d
 
 
+ORIGINAL: dict[str, Any] = {"image/*": {}, "audio/*": {}, "application/octet-stream": {}}
 IMAGE = {"content": {"image/webp": {}}, "description": "the thumbnail"}
 
 
@@ -60,10 +61,10 @@ IMAGE = {"content": {"image/webp": {}}, "description": "the thumbnail"}
             responses={200: IMAGE, **errors(401, 403, 404, 422)})  # fmt: skip
 def thumbnail(
     svc: Svc, item_id: ItemId,
-    size: Annotated[int, Query(description=f"longest side: one of {SIZES}")] = 256,
+    size: Annotated[int, Query(json_schema_extra={"enum": SIZES})] = 256,
 ) -> FileResponse:  # fmt: skip
     """A WebP thumbnail (made once, kept on disk; remade if the cache file is gone)."""
-    if size not in SIZES:
+    if size not in SIZES:  # a Literal would not coerce the query string
         raise ApiError(422, f"size must be one of {', '.join(map(str, SIZES))}")
     d = _detail(svc, item_id)
     if d["kind"] != "image":
@@ -76,8 +77,7 @@ def thumbnail(
 
 
 @router.get("/api/items/{item_id}/file", response_class=FileResponse, tags=["items"],
-            responses={200: {"content": {"application/octet-stream": {}},
-                             "description": "the original file"},
+            responses={200: {"content": ORIGINAL, "description": "the original file"},
                        **errors(401, 403, 404, 422)})  # fmt: skip
 def original(svc: Svc, item_id: ItemId) -> FileResponse:
     """The original file, if it still lies inside a library folder."""
@@ -101,14 +101,14 @@ def _classify(svc: Services, vec: np.ndarray, req: ClassifyRequest) -> dict[str,
 
 
 @router.post("/api/items/{item_id}/classify", response_model=Classified, tags=["classify"],
-             responses=errors(401, 404, 409, 422, 503))  # fmt: skip
+             responses=errors(400, 401, 404, 409, 422, 503))  # fmt: skip
 def classify_item(svc: Svc, item_id: ItemId, req: ClassifyRequest) -> dict[str, Any]:
     """Zero-shot classification of an item against your labels or ImageNet's."""
     return _classify(svc, item_vector(svc, item_id), req)
 
 
 @router.post("/api/classify", response_model=Classified, tags=["classify"],
-             responses=errors(401, 413, 415, 422, 503))  # fmt: skip
+             responses=errors(400, 401, 413, 415, 422, 503))  # fmt: skip
 async def classify_upload(
     svc: Svc,
     file: Annotated[UploadFile, File(description="the image to classify")],

@@ -3,12 +3,13 @@ filters alone; one page shape and a cursor that neither skips nor repeats."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from pydantic import StringConstraints
 
 from api.errors import ApiError
 from api.schemas import SearchPage, errors
@@ -34,28 +35,43 @@ def _when(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
     try:
-        t = datetime.fromisoformat(value)
+        return datetime.combine(date.fromisoformat(value), time())  # naive, as EXIF times
     except ValueError:
-        raise ApiError(422, f"{name}={value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
-    return t.replace(tzinfo=None) if t.tzinfo else t  # catalog times are naive local
+        raise ApiError(422, f"{name}={value!r} is not a day of the calendar") from None
+
+
+# A day as YYYY-MM-DD, said in the schema (format: date) and checked strictly: pydantic's
+# lax date parsing would take "0" for 1970-01-01.
+Day = Annotated[
+    str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$", json_schema_extra={"format": "date"})
+]
 
 
 Text = Annotated[str | None, Query(max_length=500)]
 Many = Annotated[list[str] | None, Query(max_length=50)]
+# The schema says what a `has` value may be, so a client (or a schema fuzzer) knows it
+# before asking: a label, optionally ":N" for at least N (1-999).
+HasSpec = Annotated[str, StringConstraints(pattern=r"^\s*[^:\s][^:]*(:[1-9][0-9]{0,2})?$",
+                                           max_length=200)]  # fmt: skip
 
 
 def filter_params(
     svc: Svc,
     has: Annotated[
-        Many, Query(description='object, or "LABEL:N" for at least N', examples=["dog", "person:2"])
+        list[HasSpec] | None,
+        Query(
+            max_length=50,
+            description='object, or "LABEL:N" for at least N',
+            examples=["dog", "person:2"],
+        ),
     ] = None,
     tag: Annotated[Many, Query(description="panoptic tag, e.g. sky")] = None,
     style: Annotated[Text, Query(description="artist style, e.g. Claude Monet")] = None,
     min_style: Annotated[float | None, Query(ge=0, le=1)] = None,
     label: Annotated[Many, Query(description="stored label, e.g. an ImageNet class")] = None,
     kind: Annotated[str | None, Query(pattern="^(image|audio)$")] = None,
-    after: Annotated[Text, Query(description="taken on/after (YYYY-MM-DD)")] = None,
-    before: Annotated[Text, Query(description="taken before (YYYY-MM-DD)")] = None,
+    after: Annotated[Day, Query(description="taken on/after this day (else file time)")] = None,
+    before: Annotated[Day, Query(description="taken before this day")] = None,
     camera: Annotated[Text, Query(description="camera make/model contains")] = None,
     path_glob: Annotated[Text, Query(description="path matches this glob")] = None,
 ) -> Filters:
@@ -130,7 +146,7 @@ def search(
     filters: Annotated[Filters, Depends(filter_params)],
     q: Annotated[Text, Query(description='words; "-word" or -"two words" to search away '
                              "from them", examples=["a dog on a beach -people"])] = None,
-    like: Annotated[int | None, Query(ge=1, le=2**62, description="more like this item")] = None,
+    like: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="more like this")] = None,
     k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Search by text, by an item ("more like this"), both at once, or by filters alone
@@ -149,7 +165,7 @@ def search(
 @router.get("/api/items/{item_id}/similar", response_model=SearchPage, responses=SEARCH_ERRORS,
             tags=["items"])  # fmt: skip
 def similar(
-    svc: Svc, item_id: int,
+    svc: Svc, item_id: Annotated[int, Path(ge=1, le=2**63 - 1, description="catalog item id")],
     filters: Annotated[Filters, Depends(filter_params)],
     k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
 ) -> dict[str, Any]:  # fmt: skip
@@ -184,7 +200,7 @@ async def search_image(
 
 
 @router.post("/api/search/audio", response_model=SearchPage,
-             responses=errors(401, 413, 415, 422, 501))  # fmt: skip
+             responses=errors(400, 401, 413, 415, 422, 501))  # fmt: skip
 async def search_audio(
     file: Annotated[UploadFile, File(description="a recording (WAV, FLAC, Ogg, MP3, M4A)")],
 ) -> dict[str, Any]:

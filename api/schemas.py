@@ -136,7 +136,7 @@ class Facets(BaseModel):
 
 
 class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "5" not 5
     labels: list[str] | None = Field(
         default=None, min_length=1, max_length=1000, examples=[["cat", "dog", "bird"]]
     )

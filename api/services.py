@@ -3,6 +3,7 @@ and handed to ``create_app``; routes reach it through the ``Svc`` dependency."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,16 @@ class Services:
 
     def __post_init__(self) -> None:
         self.thumbs = Thumbnails(self.config.thumbs_dir, self.config.limits)
+        # Typing-as-you-search and paging repeat the same texts: their vectors are
+        # kept (the model is fixed for the life of the server), so a page 2 or a
+        # popular query costs a FAISS search, not a forward pass.
+        self._text_cache = functools.lru_cache(maxsize=2048)(self._embed_text)
+
+    def _embed_text(self, text: str) -> tuple[np.ndarray, str]:
+        with self.model():
+            vec, words = self.engine.text_vector(text, self.config.negative_weight)
+        vec.setflags(write=False)  # shared by every request that asks the same
+        return vec, words
 
     @contextmanager
     def model(self) -> Iterator[None]:
@@ -62,6 +73,8 @@ class Services:
             yield
 
     def text_vector(self, text: str, image: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        if image is None:
+            return self._text_cache(text)
         with self.model():
             return self.engine.text_vector(text, self.config.negative_weight, image)
 

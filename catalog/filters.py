@@ -45,7 +45,10 @@ class Filters:
 def _mtime_ns(t: datetime) -> int:
     # Naive: local time, as EXIF times are. Clamped to a 64-bit column's range: a date
     # like 2999-01-01 is a fine filter, not an integer overflow in the database.
-    ns = int(t.timestamp() * 1_000_000_000)
+    try:
+        ns = int(t.timestamp() * 1_000_000_000)
+    except (OverflowError, ValueError, OSError):  # year 1 or 9999 in local time
+        ns = -(2**63) if t.year < 1970 else 2**63 - 1
     return max(-(2**63), min(2**63 - 1, ns))
 
 

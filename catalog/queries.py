@@ -174,6 +174,17 @@ class Catalog:
             ).first()
             return (row[0], row[1]) if row else None
 
+    def embeddings_mark(self, space: str, model_id: str) -> tuple[int, int]:
+        """(count, highest row id) of a model's embeddings: changes whenever one is added
+        or removed, and costs one indexed aggregate instead of reading every id."""
+        with self.Session() as s:
+            n, top = s.execute(
+                select(func.count(), func.max(Embedding.id)).where(
+                    Embedding.space == space, Embedding.model_id == model_id
+                )
+            ).one()
+            return int(n), int(top or 0)
+
     def embedding_ids(self, space: str, model_id: str) -> list[int]:
         with self.Session() as s:
             stmt = select(Embedding.item_id).where(

@@ -101,6 +101,7 @@ class VectorIndex:
         # A reader (a server without a watcher) never writes the index file: the
         # process that holds the writer lock owns it.
         self.read_only = False
+        self._mark: tuple[int, int] | None = None  # the catalog's state at the last refresh
 
     @property
     def loaded(self) -> bool:
@@ -133,8 +134,11 @@ class VectorIndex:
 
     def refresh(self) -> SyncReport:
         """Bring the loaded index in step with the catalog after another process changed
-        it (vectors added or removed); cheap when nothing changed."""
+        it (vectors added or removed); one aggregate query when nothing changed."""
         report = SyncReport()
+        mark = self.catalog.embeddings_mark(self.space, self.info.model_id)
+        if mark == self._mark:
+            return report
         store = self.store
         # The index's ids first, then the catalog's: the pipeline commits to the catalog
         # before it adds to the index, so an id read here as present in the index was in
@@ -160,6 +164,7 @@ class VectorIndex:
                 for ids, vecs in batches:
                     store.add(ids, vecs)
                     report.added += len(ids)
+        self._mark = mark
         return report
 
     def search(
