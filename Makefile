@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install test test-fast browser lint format demo serve-demo bench clean
 
 # detectron2 is not on the package index: ../shared/wheels holds a build of its official
 # source for this torch; where that folder exists it is installed, so the detectron2
@@ -20,9 +20,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole suite, slow tests included (CI runs this through .ci/run).
-test: $(STAMP)
+# The whole suite, slow tests included (CI runs this through .ci/run). The browser tests
+# drive Debian's chromium: installed through apt when missing and this machine allows
+# (root, apt-get); elsewhere they skip saying so.
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing chromium for the browser tests (apt-get)"; \
+			(apt-get install -y -qq chromium >/dev/null 2>&1 || \
+			 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) \
+			|| echo "could not install chromium: the browser tests will skip"; \
+		else echo "no chromium and no apt as root: the browser tests will skip"; fi; }
 
 # Everything but the tests marked slow, for a quick loop while editing.
 test-fast: $(STAMP)
@@ -39,6 +50,10 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+# The web page and API over the demo library, at http://127.0.0.1:8000/
+serve-demo: $(STAMP)
+	$(PY) tools/demo.py serve
 
 bench: $(STAMP)
 	$(PY) bench/index_throughput.py

@@ -118,10 +118,25 @@ def main() -> int:
     print(
         f"Done in {time.time() - t0:.0f}s. Try your own queries with "
         f"EVERLOOK_HOME={base} EVERLOOK_CLIP_MODEL=everlook-demo EVERLOOK_CLIP_PRETRAINED=v1 "
-        f'.venv/bin/everlook search "..." (tools/demo.py lists the other demo settings)'
+        f'.venv/bin/everlook search "..." (tools/demo.py lists the other demo settings)\n'
     )
+    print("Search it in your browser:  make serve-demo   then open http://127.0.0.1:8000/")
+    print(f"  (that runs: everlook serve {lib}  with the demo settings; Ctrl-C stops it)")
     return 0
 
 
+def serve() -> int:
+    """`make serve-demo`: the web page and API over the demo library (built if missing)."""
+    from everlook.settings import Settings
+
+    base = Settings().home / "demo"
+    lib = base / "library"
+    env = {**os.environ, "EVERLOOK_HOME": str(base), **demo_settings()}
+    if not lib.is_dir():
+        build_library(lib)
+    args = [sys.executable, "-m", "everlook", "serve", str(lib), *sys.argv[2:]]
+    os.execve(sys.executable, args, env)  # the server is this process: Ctrl-C reaches it
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve() if sys.argv[1:2] == ["serve"] else main())
