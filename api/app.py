@@ -90,6 +90,7 @@ def create_app(svc: Services, background: bool = True) -> FastAPI:
     cfg = svc.config
     app = FastAPI(
         title="Everlook", version="0.1.0", lifespan=lifespan,
+        default_response_class=errors.AsciiJSON,
         description="Semantic search over your images (and soon sounds). Errors always "
         'answer {"error": {"status", "code", "message"}}.',
     )  # fmt: skip

@@ -7,6 +7,7 @@ and the client gets only "internal error" (never a stack trace)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -23,6 +24,17 @@ CODES = {
     415: "unsupported_media_type", 422: "unprocessable", 429: "too_many_requests",
     500: "internal", 501: "not_implemented", 503: "unavailable",
 }  # fmt: skip
+
+
+class AsciiJSON(JSONResponse):
+    """JSON with non-ASCII escaped. A file name that is not UTF-8 is a str with PEP 383
+    surrogates (``\\udce9``); escaped, it travels as valid JSON that Python's json and
+    JavaScript's JSON.parse read back exactly (and os.fsencode turns into the original
+    bytes), where UTF-8 encoding would fail and turn the answer into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")  # fmt: skip
 
 
 class ApiError(Exception):
@@ -43,7 +55,7 @@ def error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    return JSONResponse(error_body(status, message, **extra), status, headers=headers)
+    return AsciiJSON(error_body(status, message, **extra), status, headers=headers)
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:

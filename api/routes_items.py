@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from sqlalchemy import text
 
-from api.errors import ApiError, error_response
+from api.errors import ApiError, AsciiJSON, error_response
 from api.files import SIZES, servable
 from api.routes_search import item_vector
 from api.schemas import (
@@ -22,6 +22,7 @@ from api.schemas import (
     Health,
     ItemDetail,
     Ready,
+    Stats,
     errors,
 )  # fmt: skip
 from api.services import Services, Svc
@@ -129,7 +130,7 @@ async def classify_upload(
     return await run_in_threadpool(work)
 
 
-@router.get("/api/stats", tags=["library"], responses=errors(401))
+@router.get("/api/stats", response_model=Stats, tags=["library"], responses=errors(401))
 def stats(svc: Svc) -> dict[str, Any]:
     """Items, paths, stage progress, failures, models, and the loaded index."""
     out = svc.catalog.stats()
@@ -168,5 +169,5 @@ def ready(svc: Svc) -> Any:
     index = svc.engine.index
     if not index.loaded:
         return error_response(503, "the vector index is still loading")
-    return JSONResponse({"status": "ready", "catalog": True, "index": True,
+    return AsciiJSON({"status": "ready", "catalog": True, "index": True,
                          "vectors": index.count()})  # fmt: skip

@@ -157,3 +157,36 @@ class Ready(BaseModel):
     catalog: bool
     index: bool
     vectors: int
+
+
+class ItemCounts(BaseModel):
+    total: int = Field(examples=[12840])
+    by_kind: dict[str, int] = Field(examples=[{"image": 12840}])
+
+
+class ModelCount(BaseModel):
+    space: str = Field(examples=["clip"])
+    model_id: str = Field(examples=["open_clip/ViT-B-32/laion2b_s34b_b79k"])
+    dim: int = Field(examples=[512])
+    count: int = Field(examples=[12840])
+
+
+class IndexState(BaseModel):
+    vectors: int = Field(examples=[12840])
+
+
+class Stats(BaseModel):
+    items: ItemCounts
+    paths: int = Field(examples=[12901])
+    stages: dict[str, dict[str, int]] = Field(
+        examples=[{"detect/yolo": {"done": 12800, "pending": 38, "failed": 2}}]
+    )
+    failures: list[dict[str, Any]] = Field(
+        description="files that could not be indexed (path, reason, attempts, updated_at) "
+        "and (item, stage) failures (item_id, stage, error)",
+        examples=[[{"path": "/photos/broken.jpg", "reason": "cannot decode JPEG image",
+                    "attempts": 2, "updated_at": "2026-11-27T14:00:00"}]],
+    )  # fmt: skip
+    models: list[ModelCount]
+    index: IndexState
+    watching: list[str] = Field(description="library folders this server watches")

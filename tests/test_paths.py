@@ -121,3 +121,31 @@ def test_a_watched_rename_of_a_non_utf8_name_follows_the_file(watching: Watching
     watching.settle()
     assert watching.item(Path(dest)) == item
     assert watching.item(Path(odd)) is None
+
+
+def test_the_api_serves_a_name_that_is_not_utf8_exactly(parts, tmp_path: Path):
+    """JSON carries the PEP 383 escape (valid JSON, read back exactly); the file itself
+    comes by id. Encoding such a name as UTF-8 would have made every answer naming it a
+    500."""
+    from fastapi.testclient import TestClient
+
+    from api import create_app
+
+    lib = tmp_path / "lib"
+    save(picture(3), Path(raw_path(lib)))
+    parts.pipeline().run([str(lib)])
+    app = create_app(parts.api_services([str(lib)]), background=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/api/search", params={"q": "a photo"})
+        assert r.status_code == 200, r.text
+        assert r.content.isascii() and b"\\udce9" in r.content
+        hit = json.loads(r.content)["results"][0]
+        assert os.fsencode(hit["path"]) == os.path.join(os.fsencode(lib), RAW_NAME)
+        item = client.get(f"/api/items/{hit['item_id']}")
+        assert item.status_code == 200 and item.json()["paths"] == [hit["path"]]
+        original = client.get(f"/api/items/{hit['item_id']}/file")
+        assert original.status_code == 200
+        assert original.content == open(os.fsencode(hit["path"]), "rb").read()
+        assert client.get("/api/stats").status_code == 200
+        thumb = client.get(f"/api/items/{hit['item_id']}/thumbnail")
+        assert thumb.status_code == 200
