@@ -91,6 +91,9 @@ def create_app(svc: Services, background: bool = True) -> FastAPI:
     app = FastAPI(
         title="Everlook", version="0.1.0", lifespan=lifespan,
         default_response_class=errors.AsciiJSON,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN: not on a
+        # self-hosted server that may be offline. The schema is at /openapi.json.
+        docs_url=None, redoc_url=None,
         description="Semantic search over your images (and soon sounds). Errors always "
         'answer {"error": {"status", "code", "message"}}.',
     )  # fmt: skip
@@ -98,16 +101,17 @@ def create_app(svc: Services, background: bool = True) -> FastAPI:
     errors.install(app)
     app.include_router(search_router)
     app.include_router(items_router)
-    # Outermost last: the declared length is refused first, then auth, then CORS
-    # (so a browser sees the CORS headers on a 401 too).
+    # Each add wraps the app so far, so the last added runs first: CORS outermost (a
+    # browser then sees its headers on a 401 or a 413 too), then the upload limit (a
+    # too-long body is refused before anything else), then the token.
+    app.add_middleware(TokenAuth, token=cfg.token)
+    app.add_middleware(UploadLimit, max_bytes=cfg.upload_max_bytes + ENVELOPE,
+                       shown_limit=cfg.upload_max_bytes)  # fmt: skip
     if cfg.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(cfg.cors_origins),
             allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
         )  # fmt: skip
-    app.add_middleware(TokenAuth, token=cfg.token)
-    app.add_middleware(UploadLimit, max_bytes=cfg.upload_max_bytes + ENVELOPE,
-                       shown_limit=cfg.upload_max_bytes)  # fmt: skip
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

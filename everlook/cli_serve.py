@@ -115,7 +115,7 @@ def serve(
 
     import uvicorn
 
-    from everlook.lock import advertise
+    from everlook.lock import advertise, withdraw
     from indexer.scan import ScanRules
     from indexer.watch import WatchOptions
 
@@ -176,4 +176,4 @@ def serve(
     try:
         server.run(sockets=[sock])
     finally:
-        advertised.unlink(missing_ok=True)
+        withdraw(advertised)

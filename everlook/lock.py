@@ -76,6 +76,16 @@ def advertise(home: Path, url: str) -> Path:
     return path
 
 
+def withdraw(path: Path) -> None:
+    """Remove the advertisement if it is still this process's (another server on the
+    same data dir may have written its own since)."""
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def running_server(home: Path) -> str | None:
     """The URL of a live `everlook serve` on this data dir, if there is one."""
     try:

@@ -12,7 +12,7 @@ from catalog import Catalog
 from catalog.filters import Filters
 from search.embedders import Embedder
 from search.index_sync import VectorIndex
-from search.query import Cursor, compose, parse
+from search.query import MAX_DEPTH, Cursor, compose, parse
 
 # How much a stored label named by a text query adds to an item's score, times the
 # label's probability: enough to lift a confidently labelled item past near-ties
@@ -84,7 +84,8 @@ class SearchEngine:
             n *= 2
         shown = rest[:k]
         nxt = None
-        if len(rest) > k and shown:
+        depth = (after.seen if after else 0) + len(shown)
+        if len(rest) > k and shown and depth < MAX_DEPTH:
             last_id, last_score = shown[-1]
             nxt = Cursor(last_score, last_id, (after.seen if after else 0) + len(shown))
         return self._hits(shown), nxt

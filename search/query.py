@@ -71,6 +71,11 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / norm if norm > 0 else v
 
 
+# How deep pages may go: each page searches down to its own depth, so a forged cursor
+# must not ask for millions of results.
+MAX_DEPTH = 100_000
+
+
 @dataclass(frozen=True)
 class Cursor:
     """Where a page ended: the last result's score (None for a newest-first listing)
@@ -99,7 +104,7 @@ class Cursor:
             item_id, seen = d["i"], d["n"]
             if not all(isinstance(x, int) and not isinstance(x, bool) for x in (item_id, seen)):
                 raise ValueError
-            if seen < 0 or seen > 10_000_000:
+            if seen < 0 or seen > MAX_DEPTH:
                 raise ValueError
             return cls(None if score is None else float(score), item_id, seen)
         except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,7 +82,7 @@ def test_the_original_file_comes_back_byte_for_byte(api: Api) -> None:
     path = api.ok(f"/api/items/{item}")["paths"][0]
     r = api.get(f"/api/items/{item}/file")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
-    assert r.content == open(path, "rb").read()
+    assert r.content == Path(path).read_bytes()
 
 
 def test_a_file_outside_the_library_roots_is_not_served(api: Api, tmp_path: Any) -> None:

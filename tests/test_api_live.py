@@ -3,6 +3,7 @@ the API, other processes on the same data dir, and the CLI finding the server.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -30,10 +31,8 @@ def raw_request(served: Served, head: bytes, body_parts: list[bytes]) -> tuple[b
         s.setblocking(False)
         answer = b""
         for part in body_parts:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 answer += s.recv(65536)
-            except BlockingIOError:
-                pass
             if answer:
                 break
             try:

@@ -65,6 +65,17 @@ def test_cors_is_closed_by_default_and_open_to_configured_origins(api: Api) -> N
     assert r.headers["access-control-allow-origin"] == "https://newsroom.example"
     r = friendly.get("/api/stats", headers=hdr)
     assert "access-control-allow-origin" not in r.headers
+    locked = api.with_config(cors_origins=("https://newsroom.example",), token=TOKEN)
+    r = locked.get("/api/stats", headers={"Origin": "https://newsroom.example"})
+    assert r.status_code == 401  # and the browser may read why:
+    assert r.headers["access-control-allow-origin"] == "https://newsroom.example"
+    pre = locked.options("/api/stats", headers={
+        "Origin": "https://newsroom.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})  # fmt: skip
+    assert (
+        pre.status_code == 200
+        and "authorization" in pre.headers["access-control-allow-headers"].lower()
+    )
 
 
 def test_an_upload_over_the_limit_is_413_in_the_error_shape(api: Api) -> None:

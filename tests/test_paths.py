@@ -145,7 +145,7 @@ def test_the_api_serves_a_name_that_is_not_utf8_exactly(parts, tmp_path: Path):
         assert item.status_code == 200 and item.json()["paths"] == [hit["path"]]
         original = client.get(f"/api/items/{hit['item_id']}/file")
         assert original.status_code == 200
-        assert original.content == open(os.fsencode(hit["path"]), "rb").read()
+        assert original.content == Path(hit["path"]).read_bytes()
         assert client.get("/api/stats").status_code == 200
         thumb = client.get(f"/api/items/{hit['item_id']}/thumbnail")
         assert thumb.status_code == 200
