@@ -15,7 +15,7 @@ from api.errors import ApiError
 from api.schemas import SearchPage, errors
 from api.services import Services, Svc
 from api.uploads import decode_upload_image, sniff
-from catalog.filters import Filters
+from catalog.filters import Filters, parse_has
 from search.engine import Hit
 from search.present import result_rows
 from search.query import Cursor
@@ -25,10 +25,10 @@ THUMB = "/api/items/{}/thumbnail?size=256"
 
 
 def _has(spec: str) -> tuple[str, int]:
-    label, _, count = spec.rpartition(":") if ":" in spec else (spec, "", "1")
-    if not label.strip() or not count.isdigit() or not 1 <= int(count) <= 1000:
-        raise ApiError(422, f"has={spec!r}: use LABEL or LABEL:COUNT (e.g. person:2)")
-    return label.strip(), int(count)
+    try:
+        return parse_has(spec)
+    except ValueError as exc:
+        raise ApiError(422, f"has={exc}") from None
 
 
 def _when(value: str | None, name: str) -> datetime | None:

@@ -42,6 +42,15 @@ class Filters:
         )  # fmt: skip
 
 
+def parse_has(spec: str) -> tuple[str, int]:
+    """``dog`` or ``person:2`` (at least two people) -> (label, count); ValueError else.
+    The CLI's --has and the API's has= read the same way."""
+    label, _, count = spec.rpartition(":") if ":" in spec else (spec, "", "1")
+    if not label.strip() or not count.isdigit() or not 1 <= int(count) <= 999:
+        raise ValueError(f"{spec!r}: use LABEL or LABEL:COUNT (e.g. person:2, at most 999)")
+    return label.strip(), int(count)
+
+
 def _mtime_ns(t: datetime) -> int:
     # Naive: local time, as EXIF times are. Clamped to a 64-bit column's range: a date
     # like 2999-01-01 is a fine filter, not an integer overflow in the database.

@@ -25,11 +25,12 @@ Opt = typer.Option
 
 
 def _has(spec: str) -> tuple[str, int]:
-    """``dog`` or ``person:2`` (at least two people)."""
-    label, _, count = spec.rpartition(":") if ":" in spec else (spec, "", "1")
-    if not label.strip() or not count.isdigit() or int(count) < 1:
-        raise typer.BadParameter(f"{spec!r}: use LABEL or LABEL:COUNT (e.g. person:2)")
-    return label.strip(), int(count)
+    from catalog.filters import parse_has
+
+    try:
+        return parse_has(spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _date(value: str | None, name: str) -> datetime | None:
@@ -86,7 +87,6 @@ def search(
             "or filters alone"
         )
         raise typer.Exit(EXIT_USAGE)
-    has_specs = [_has(h) for h in has or []]
     when = _date(after, "--after"), _date(before, "--before")
     # A running server answers first: this path imports neither the catalog nor numpy
     # nor torch, so the whole command takes a fraction of a second.
@@ -106,7 +106,7 @@ def search(
     parts = _parts()
     s = parts.settings
     filters = Filters(
-        has=has_specs, min_confidence=s.has_min_confidence,
+        has=[_has(h) for h in has or []], min_confidence=s.has_min_confidence,
         tags=list(tag or []), styles=[style] if style else [],
         min_style=s.style_min_score if min_style is None else min_style,
         min_artwork=s.artwork_min_score, labels=list(label or []), kind=kind,

@@ -151,6 +151,18 @@ class Settings(BaseSettings):
         "subtracted from the query vector.",
     )  # fmt: skip
 
+    @field_validator("api_token", mode="after")
+    @classmethod
+    def _token_is_a_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty variable (TOKEN=${UNSET} in a compose file) must not read as "no
+        # token", which would open the API; a short one is guessable.
+        if value is not None and len(value.get_secret_value().strip()) < 12:
+            raise ValueError(
+                "EVERLOOK_API_TOKEN is set but shorter than 12 characters (empty?): use a "
+                "long random string, e.g. `openssl rand -hex 24`, or unset it"
+            )
+        return value
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,32 +37,68 @@ class SearchEngine:
     def ranked(
         self, vector: np.ndarray, n: int, filters: Filters | None = None,
         exclude: Sequence[int] = (), label_text: str | None = None,
+        allow: set[int] | None = None,
     ) -> list[tuple[int, float]]:  # fmt: skip
         """The n best (item id, score) pairs for vector, best first, ties by id.
 
         With filters, the store searches only the items they admit (an exact
-        allow-list), so the top n are exactly the best matching n. With label_text,
-        items whose stored labels (ImageNet classes from the labels stage) the text
-        names are also found, and gain LABEL_BOOST x the label's probability."""
+        allow-list, or `allow` when the caller computed it), so the top n are exactly
+        the best matching n. With label_text, items whose stored labels (ImageNet
+        classes from the labels stage) the text names are also found, and gain
+        LABEL_BOOST x the label's probability."""
         skip = set(exclude)
-        allow: set[int] | None = None
-        if filters is not None and filters.active():
-            allow = {i for i in self.catalog.filter_ids(filters) if i not in skip}
-            if not allow:
-                return []
-            raw = self.index.search(vector.reshape(1, -1), n, allow=sorted(allow))[0]
-        else:
-            raw = self.index.search(vector.reshape(1, -1), n + len(skip))[0]
-        scores = {i: s for i, s in raw if i not in skip}
+        if allow is None and filters is not None and filters.active():
+            allow = self.allowed(filters, skip)
+        if allow is not None and not allow:
+            return []
+        q = vector.reshape(1, -1)
+        scores = dict(self._top(q, n + (0 if allow is not None else len(skip)), allow))
+        for i in skip:
+            scores.pop(i, None)
         named = self.catalog.items_labelled_in(label_text) if label_text else {}
-        if named:
-            boost = set(named) - skip if allow is None else set(named) & allow
-            if boost:
-                raw = self.index.search(vector.reshape(1, -1), n, allow=sorted(boost))[0]
-                scores.update(raw)
-                for i in boost & scores.keys():
-                    scores[i] += LABEL_BOOST * named[i]
+        boost = (set(named) - skip if allow is None else set(named) & allow) if named else set()
+        if boost:
+            self._boost(q, n, scores, named, boost)
         return sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:n]
+
+    def allowed(self, filters: Filters, skip: Collection[int] = ()) -> set[int]:
+        return set(self.catalog.filter_ids(filters)).difference(skip)
+
+    def _top(self, q: np.ndarray, n: int, allow: set[int] | None) -> list[tuple[int, float]]:
+        """At least the n best, and every item tied with the n-th: FAISS keeps an
+        arbitrary one of equal scores at its cutoff (identical pictures are common:
+        re-saves, edited metadata), so the search widens until the item after the
+        cutoff scores strictly less, and ties are then ordered by id."""
+        order = sorted(allow) if allow is not None else None
+        m = n + 1
+        while True:
+            raw = self.index.search(q, m, allow=order)[0]
+            if len(raw) < m or n == 0 or raw[-1][1] < raw[n - 1][1]:
+                return raw
+            m *= 2
+
+    def _boost(
+        self, q: np.ndarray, n: int, scores: dict[int, float], named: dict[int, float],
+        boost: set[int],
+    ) -> None:  # fmt: skip
+        """Add the labelled items that can reach the top n once boosted. A labelled item
+        below the fetched ones scores at most (last raw score + the largest boost), so
+        the search among them widens until that bound falls below the n-th score."""
+        most = LABEL_BOOST * max(named[i] for i in boost)
+        base = dict(scores)
+        m = n
+        while True:
+            raw = self._top(q, m, boost)
+            merged = {**base, **dict(raw)}
+            for i in boost & merged.keys():
+                merged[i] += LABEL_BOOST * named[i]
+            finals = sorted(merged.values(), reverse=True)
+            nth = finals[n - 1] if len(finals) >= n else float("-inf")
+            if len(raw) < m or raw[-1][1] + most < nth:
+                scores.clear()
+                scores.update(merged)
+                return
+            m *= 2
 
     def page(
         self, vector: np.ndarray, k: int, after: Cursor | None = None,
@@ -73,13 +109,17 @@ class SearchEngine:
         (None at the end). The search fetches as deep as the cursor says pages went,
         plus this page, and goes deeper only if items were removed meanwhile."""
         n = (after.seen if after else 0) + k + 1
+        allow = None
+        if filters is not None and filters.active():
+            allow = self.allowed(filters, exclude)  # once per page, not per widening
         while True:
-            pairs = self.ranked(vector, n, filters, exclude, label_text)
+            pairs = self.ranked(vector, n, filters, exclude, label_text, allow)
             rest = [(i, s) for i, s in pairs if after is None or after.admits(i, s)]
             if min_score is not None:
                 rest = [(i, s) for i, s in rest if s >= min_score]
             exhausted = len(pairs) < n or (min_score is not None and pairs[-1][1] < min_score)
-            if len(rest) > k or exhausted:
+            # A cursor deeper than any page could go (a forged one) stops here.
+            if len(rest) > k or exhausted or n > MAX_DEPTH + k + 1:
                 break
             n *= 2
         shown = rest[:k]
