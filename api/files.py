@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -19,8 +21,7 @@ from indexer.media import Limits, MediaError, decode_image, read_file
 SIZES = [256, 512, 1024]
 
 
-def inside(path: str, roots: Sequence[str]) -> bool:
-    real = os.path.realpath(path)
+def _within(real: str, roots: Sequence[str]) -> bool:
     for root in roots:
         try:
             if os.path.commonpath([real, root]) == root:
@@ -30,15 +31,41 @@ def inside(path: str, roots: Sequence[str]) -> bool:
     return False
 
 
-def servable(paths: Sequence[str], roots: Sequence[str]) -> str:
-    """The first of an item's paths that exists inside a library root."""
+def inside(path: str, roots: Sequence[str]) -> bool:
+    return _within(os.path.realpath(path), roots)
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """Where the file behind fd really is. On Linux the kernel says, for the file
+    actually opened; elsewhere the path is resolved again (weaker: a race remains)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def open_servable(paths: Sequence[str], roots: Sequence[str]) -> BinaryIO:
+    """The first of an item's files that lies inside a library root, opened. The check
+    is made on the opened file, so a symlink swapped in between a check and an open
+    cannot send a file from outside the roots; callers read only from this handle."""
     if not roots:
         raise ApiError(403, "no library folders are configured, so no files are served "
                        "(give folders to `everlook serve` or set EVERLOOK_LIBRARY)")  # fmt: skip
     for p in paths:
-        if inside(p, roots) and os.path.isfile(p):
-            return p
+        try:
+            # O_NONBLOCK: a FIFO put in a file's place must not hang the request.
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode) and _within(_opened_path(fd, p), roots):
+            return os.fdopen(fd, "rb")
+        os.close(fd)
     raise ApiError(404, "none of this item's files is inside a library folder any more")
+
+
+def fd_path(f: BinaryIO) -> str:
+    """A path that opens exactly this already-open file (Linux's /proc magic link)."""
+    return f"/proc/self/fd/{f.fileno()}"
 
 
 class Thumbnails:

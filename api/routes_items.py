@@ -11,9 +11,10 @@ from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import text
+from starlette.background import BackgroundTask
 
 from api.errors import ApiError, AsciiJSON, error_response
-from api.files import SIZES, servable
+from api.files import SIZES, fd_path, open_servable
 from api.routes_search import item_vector
 from api.schemas import (
     Classified,
@@ -70,9 +71,12 @@ def thumbnail(
     d = _detail(svc, item_id)
     if d["kind"] != "image":
         raise ApiError(404, f"item {item_id} is {d['kind']}: it has no thumbnail")
-    dest = svc.thumbs.path_for(d["sha256"], size)
-    if not dest.is_file():
-        dest = svc.thumbs.get(d["sha256"], servable(d["paths"], svc.config.roots), size)
+    # The roots are checked even for a cached thumbnail: the cache is keyed by content,
+    # and a server started with fewer folders must not show pictures outside them.
+    with open_servable(d["paths"], svc.config.roots) as source:
+        dest = svc.thumbs.path_for(d["sha256"], size)
+        if not dest.is_file():
+            dest = svc.thumbs.get(d["sha256"], fd_path(source), size)
     return FileResponse(dest, media_type="image/webp",
                         headers={"Cache-Control": "private, max-age=86400"})  # fmt: skip
 
@@ -83,9 +87,12 @@ def thumbnail(
 def original(svc: Svc, item_id: ItemId) -> FileResponse:
     """The original file, if it still lies inside a library folder."""
     d = _detail(svc, item_id)
-    path = servable(d["paths"], svc.config.roots)
-    media = FORMAT_TYPES.get(d["format"] or "") or mimetypes.guess_type(path)[0]
-    return FileResponse(path, media_type=media or "application/octet-stream")
+    source = open_servable(d["paths"], svc.config.roots)
+    media = FORMAT_TYPES.get(d["format"] or "") or mimetypes.guess_type(d["paths"][0])[0]
+    # Served through the handle that was checked; closed once sent (or, if the client
+    # goes away first, when the response and its handle are collected).
+    return FileResponse(fd_path(source), media_type=media or "application/octet-stream",
+                        background=BackgroundTask(source.close))  # fmt: skip
 
 
 def _classify(svc: Services, vec: np.ndarray, req: ClassifyRequest) -> dict[str, Any]:

@@ -87,9 +87,10 @@ def test_the_original_file_comes_back_byte_for_byte(api: Api) -> None:
 
 def test_a_file_outside_the_library_roots_is_not_served(api: Api, tmp_path: Any) -> None:
     item = api.item_id("3-yellow-stars")
+    assert api.get(f"/api/items/{item}/thumbnail?size=512").status_code == 200  # now cached
     elsewhere = api.with_config(roots=(str(tmp_path),))
     error_of(elsewhere.get(f"/api/items/{item}/file"), 404)
-    error_of(elsewhere.get(f"/api/items/{item}/thumbnail?size=512"), 404)
+    error_of(elsewhere.get(f"/api/items/{item}/thumbnail?size=512"), 404)  # cache or not
     nowhere = api.with_config(roots=())
     error_of(nowhere.get(f"/api/items/{item}/file"), 403)
 
@@ -102,11 +103,18 @@ def test_a_symlink_in_the_library_that_points_outside_is_not_served(
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "innocent.jpg").symlink_to(secret)
-    from api.files import inside
+    from api.errors import ApiError
+    from api.files import inside, open_servable
 
     assert not inside(str(lib / "innocent.jpg"), [str(lib)])
     assert inside(str(lib / "x.jpg"), [str(lib)])
     assert not inside(str(lib) + "-other/x.jpg", [str(lib)])  # a sibling with the prefix
+    with pytest.raises(ApiError) as refused:
+        open_servable([str(lib / "innocent.jpg")], [str(lib)])  # judged on the opened file
+    assert refused.value.status == 404
+    (lib / "real.jpg").write_bytes(b"\xff\xd8\xff pixels")
+    with open_servable([str(lib / "innocent.jpg"), str(lib / "real.jpg")], [str(lib)]) as f:
+        assert f.read() == b"\xff\xd8\xff pixels"
 
 
 ESCAPES = ["../../../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "/etc/passwd",
