@@ -120,7 +120,7 @@ def classify_item(svc: Svc, item_id: ItemId, req: ClassifyRequest) -> dict[str, 
 async def classify_upload(
     svc: Svc,
     file: Annotated[UploadFile, File(description="the image to classify")],
-    labels: Annotated[str | None, Form(max_length=20000, description="comma-separated",
+    labels: Annotated[str | None, Form(max_length=5000, description="comma-separated",
                                        examples=["cat,dog,bird"])] = None,
     imagenet: Annotated[bool, Form()] = False,
     k: Annotated[int, Form(ge=1, le=1000)] = 5,

@@ -48,6 +48,7 @@ Day = Annotated[
 
 
 Text = Annotated[str | None, Query(max_length=500)]
+MAX_WILDCARDS = 8
 Many = Annotated[list[str] | None, Query(max_length=50)]
 # The schema says what a `has` value may be, so a client (or a schema fuzzer) knows it
 # before asking: a label, optionally ":N" for at least N (1-999).
@@ -73,9 +74,12 @@ def filter_params(
     after: Annotated[Day, Query(description="taken on/after this day (else file time)")] = None,
     before: Annotated[Day, Query(description="taken before this day")] = None,
     camera: Annotated[Text, Query(description="camera make/model contains")] = None,
-    path_glob: Annotated[Text, Query(description="path matches this glob")] = None,
+    path_glob: Annotated[Text, Query(description="path matches this glob", max_length=300)] = None,
 ) -> Filters:
     c = svc.config
+    if path_glob and sum(path_glob.count(ch) for ch in "*?[") > MAX_WILDCARDS:
+        # fnmatch runs in Python over every path: many wildcards cost seconds a query.
+        raise ApiError(422, f"path_glob: at most {MAX_WILDCARDS} wildcards (* ? [)")
     return Filters(
         has=[_has(h) for h in has or []], min_confidence=c.has_min_confidence,
         tags=list(tag or []), styles=[style] if style else [],
@@ -91,11 +95,11 @@ MinScore = Annotated[float | None, Query(ge=-2, le=2, description="drop results 
 CursorQ = Annotated[str | None, Query(max_length=300, description="next_cursor of a page")]
 
 
-def _cursor(token: str | None, ranked: bool) -> Cursor | None:
+def _cursor(token: str | None, ranked: bool, key: bytes) -> Cursor | None:
     if not token:
         return None
     try:
-        c = Cursor.decode(token)
+        c = Cursor.decode(token, key)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     if (c.score is not None) != ranked:
@@ -108,7 +112,7 @@ def page(
     filters: Filters, exclude: list[int], words: str | None,
 ) -> dict[str, Any]:  # fmt: skip
     """One page of results for a query vector (or the newest items, with none)."""
-    after = _cursor(cursor, vec is not None)
+    after = _cursor(cursor, vec is not None, svc.cursor_key)
     hits: list[Hit]
     if vec is None:
         hits, nxt = svc.engine.newest(filters, k, after)
@@ -118,7 +122,7 @@ def page(
                        first_rank=(after.seen if after else 0) + 1)  # fmt: skip
     for r in rows:
         r["thumbnail"] = THUMB.format(r["item_id"])
-    return {"results": rows, "next_cursor": nxt.encode() if nxt else None}
+    return {"results": rows, "next_cursor": nxt.encode(svc.cursor_key) if nxt else None}
 
 
 def item_vector(svc: Services, item_id: int) -> np.ndarray:

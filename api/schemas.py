@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 class ErrorDetail(BaseModel):
@@ -137,8 +137,10 @@ class Facets(BaseModel):
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "5" not 5
-    labels: list[str] | None = Field(
-        default=None, min_length=1, max_length=1000, examples=[["cat", "dog", "bird"]]
+    # Bounded: each new label set costs a forward pass per prompt template while every
+    # other query waits for the model.
+    labels: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = Field(
+        default=None, min_length=1, max_length=100, examples=[["cat", "dog", "bird"]]
     )
     imagenet: bool = Field(default=False, description="rank the ImageNet-1k classes instead")
     k: int = Field(default=5, ge=1, le=1000)

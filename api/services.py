@@ -4,6 +4,7 @@ and handed to ``create_app``; routes reach it through the ``Svc`` dependency."""
 from __future__ import annotations
 
 import functools
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +54,9 @@ class Services:
     gate: threading.RLock = field(default_factory=threading.RLock)
     _classifier: Any = None
     facets: tuple[float, dict[str, Any]] | None = None  # (when, facets): a short cache
+    # Cursors are signed with a key of this process: a forged cursor is refused before
+    # it costs a search. (Replicas behind one address would share a key: issue [9].)
+    cursor_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     def __post_init__(self) -> None:
         self.thumbs = Thumbnails(self.config.thumbs_dir, self.config.limits)

@@ -14,6 +14,9 @@ from indexer.media import Limits, MediaError, decode_image
 _AUDIO_MAGIC = (
     (0, b"RIFF", 8, b"WAVE"), (0, b"fLaC", None, None), (0, b"OggS", None, None),
     (0, b"ID3", None, None), (4, b"ftypM4A", None, None), (0, b"FORM", 8, b"AIFF"),
+    # What browsers record (MediaRecorder): WebM/Matroska (EBML) from Chrome and Firefox,
+    # MP4 from Safari, whatever its brand.
+    (0, b"\x1a\x45\xdf\xa3", None, None), (4, b"ftyp", None, None),
 )  # fmt: skip
 
 

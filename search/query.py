@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import math
 import shlex
@@ -88,14 +90,20 @@ class Cursor:
     item_id: int
     seen: int  # results shown so far: how deep the next page starts (a fetch hint)
 
-    def encode(self) -> str:
-        raw = json.dumps({"s": self.score, "i": self.item_id, "n": self.seen})
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    def encode(self, key: bytes = b"") -> str:
+        """The cursor as an opaque token, signed with key when one is given (a server
+        signs its cursors, so a forged one is refused before it costs a search)."""
+        raw = json.dumps({"s": self.score, "i": self.item_id, "n": self.seen}).encode()
+        token = _b64(raw)
+        return f"{token}.{_b64(_mac(key, raw))}" if key else token
 
     @classmethod
-    def decode(cls, token: str) -> Cursor:
+    def decode(cls, token: str, key: bytes = b"") -> Cursor:
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            body, _, sig = token.partition(".")
+            raw = _unb64(body)
+            if key and not hmac.compare_digest(_unb64(sig), _mac(key, raw)):
+                raise ValueError
             d = json.loads(raw)
             score = d["s"]
             finite = isinstance(score, float | int) and math.isfinite(score)
@@ -103,6 +111,8 @@ class Cursor:
                 raise ValueError
             item_id, seen = d["i"], d["n"]
             if not all(isinstance(x, int) and not isinstance(x, bool) for x in (item_id, seen)):
+                raise ValueError
+            if not 0 <= item_id < 2**63:  # a catalog id: what the database can compare
                 raise ValueError
             if seen < 0 or seen > MAX_DEPTH:
                 raise ValueError
@@ -114,3 +124,15 @@ class Cursor:
         """Does (item_id, score) rank after this cursor?"""
         assert self.score is not None
         return score < self.score or (score == self.score and item_id > self.item_id)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(key: bytes, raw: bytes) -> bytes:
+    return hmac.new(key, raw, hashlib.sha256).digest()[:16]

@@ -153,6 +153,8 @@ def test_classify_an_item_against_labels_and_imagenet(api: Api) -> None:
                                                                   "imagenet": True})  # fmt: skip
     error_of(both, 422)
     error_of(api.client.post(f"/api/items/{item}/classify", json={"labels": ["only"]}), 422)
+    many = [f"label {n}" for n in range(101)]  # each new set costs model time: bounded
+    error_of(api.client.post(f"/api/items/{item}/classify", json={"labels": many}), 422)
     error_of(api.client.post("/api/items/99999/classify", json={"imagenet": True}), 404)
 
 

@@ -168,9 +168,22 @@ def test_pages_stay_whole_when_a_better_match_arrives_between_them(api: Api) -> 
 
 
 def test_a_cursor_that_was_not_given_out_is_a_bad_request(api: Api) -> None:
+    from search.query import Cursor
+
     error_of(api.get("/api/search", params={"q": "x", "cursor": "not-a-cursor"}), 400)
     listing = api.ok("/api/search", params={"k": 2})["next_cursor"]
     error_of(api.get("/api/search", params={"q": "x", "cursor": listing}), 400)
+    given = api.ok("/api/search", params={"q": "x", "k": 2})["next_cursor"]
+    assert api.get("/api/search", params={"q": "x", "cursor": given}).status_code == 200
+    forged = Cursor(-2.0, 0, 0).encode()  # unsigned: would page through everything
+    error_of(api.get("/api/search", params={"q": "x", "cursor": forged}), 400)
+    resigned = Cursor(-2.0, 0, 0).encode(b"another key")
+    error_of(api.get("/api/search", params={"q": "x", "cursor": resigned}), 400)
+
+
+def test_a_path_glob_with_many_wildcards_is_refused(api: Api) -> None:
+    error_of(api.get("/api/search", params={"path_glob": "*a" * 20}), 422)
+    assert api.get("/api/search", params={"path_glob": "*/artworks/*"}).status_code == 200
 
 
 def test_min_score_drops_weaker_results(api: Api) -> None:

@@ -138,6 +138,11 @@ def test_a_missing_upload_field_is_422(api: Api) -> None:
 def test_searching_by_sound_says_it_is_not_there_yet(api: Api) -> None:
     r = api.client.post("/api/search/audio", files={"file": ("rain.wav", wav_bytes())})
     assert "ImageBind" in error_of(r, 501)["message"]
+    webm = b"\x1a\x45\xdf\xa3" + b"\x9f\x42\x86\x81\x01" + b"\0" * 200  # Chrome's recorder
+    mp4 = b"\0\0\0\x1cftypiso5" + b"\0" * 200  # Safari's
+    for name, data in (("mic.webm", webm), ("mic.mp4", mp4)):
+        r = api.client.post("/api/search/audio", files={"file": (name, data)})
+        error_of(r, 501)
     image = jpeg_bytes(picture(3))
     error_of(api.client.post("/api/search/audio", files={"file": ("x.wav", image)}), 415)
 
