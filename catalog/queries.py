@@ -174,16 +174,25 @@ class Catalog:
             ).first()
             return (row[0], row[1]) if row else None
 
-    def embeddings_mark(self, space: str, model_id: str) -> tuple[int, int]:
-        """(count, highest row id) of a model's embeddings: changes whenever one is added
-        or removed, and costs one indexed aggregate instead of reading every id."""
+    def embeddings_mark(self, space: str, model_id: str) -> tuple[int, int, datetime | None]:
+        """(count, highest row id, newest created_at) of a model's embeddings: moves
+        whenever one is added, removed or replaced (SQLite may reuse the id of a deleted
+        newest row; the new row is still newer), for one indexed aggregate query."""
         with self.Session() as s:
-            n, top = s.execute(
-                select(func.count(), func.max(Embedding.id)).where(
-                    Embedding.space == space, Embedding.model_id == model_id
-                )
-            ).one()
-            return int(n), int(top or 0)
+            n, top, newest = s.execute(
+                select(func.count(), func.max(Embedding.id), func.max(Embedding.created_at))
+                .where(Embedding.space == space, Embedding.model_id == model_id)
+            ).one()  # fmt: skip
+            return int(n), int(top or 0), newest
+
+    def embedding_ids_since(self, space: str, model_id: str, since: datetime) -> list[int]:
+        """Items whose embedding was written at or after `since`."""
+        with self.Session() as s:
+            stmt = select(Embedding.item_id).where(
+                Embedding.space == space, Embedding.model_id == model_id,
+                Embedding.created_at >= since,
+            )  # fmt: skip
+            return list(s.scalars(stmt))
 
     def embedding_ids(self, space: str, model_id: str) -> list[int]:
         with self.Session() as s:

@@ -101,7 +101,7 @@ class VectorIndex:
         # A reader (a server without a watcher) never writes the index file: the
         # process that holds the writer lock owns it.
         self.read_only = False
-        self._mark: tuple[int, int] | None = None  # the catalog's state at the last refresh
+        self._mark: tuple[int, int, Any] | None = None  # the catalog's state at the last look
 
     @property
     def loaded(self) -> bool:
@@ -124,9 +124,13 @@ class VectorIndex:
             level = logging.INFO if not self.path.exists() else logging.WARNING
             log.log(level, "rebuilding vector index from the catalog: %s", why)
             store = vectors.create(self.backend, self.info)
+        # The catalog's mark before reconciling: whatever is written meanwhile shows
+        # as a change at the next refresh.
+        mark = self.catalog.embeddings_mark(self.space, self.info.model_id)
         with self.lock.writing():
             self._store = store
             self._reconcile(store, report)
+            self._mark = mark
         if report.changed:
             self.save()
         self.report = report
@@ -151,6 +155,13 @@ class VectorIndex:
         )
         extra = np.setdiff1d(have, wanted, assume_unique=True)
         missing = np.setdiff1d(wanted, have, assume_unique=True)
+        if self._mark is not None and self._mark[2] is not None:
+            # Written since the last look but under an id the index has: a vector
+            # replaced, or an id SQLite reused after deleting the newest item.
+            renewed = self.catalog.embedding_ids_since(
+                self.space, self.info.model_id, self._mark[2]
+            )
+            missing = np.union1d(missing, np.asarray(renewed, dtype=np.int64))
         batches = []
         if len(missing):
             for rows in self.catalog.iter_embeddings(
