@@ -52,8 +52,10 @@ class Background:
         try:
             w.start()
             w.run_forever()
-        except Exception:
+        except Exception as exc:
             log.exception("the watcher stopped on an error; searches go on")
+            # Said by /api/ready (503) and /api/stats, so a supervisor restarts us.
+            self.svc.watch_failure = f"{type(exc).__name__}: {exc}"
 
     def _refresh(self) -> None:
         index = self.svc.engine.index

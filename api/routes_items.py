@@ -176,5 +176,8 @@ def ready(svc: Svc) -> Any:
     index = svc.engine.index
     if not index.loaded:
         return error_response(503, "the vector index is still loading")
+    if svc.watch_failure:
+        return error_response(503, f"the watcher stopped ({svc.watch_failure}); new files "
+                              "are not indexed until the server restarts")  # fmt: skip
     return AsciiJSON({"status": "ready", "catalog": True, "index": True,
                          "vectors": index.count()})  # fmt: skip

@@ -3,7 +3,7 @@ filters alone; one page shape and a cursor that neither skips nor repeats."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -35,16 +35,15 @@ def _when(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.combine(date.fromisoformat(value), time())  # naive, as EXIF times
+        t = datetime.fromisoformat(value)
     except ValueError:
-        raise ApiError(422, f"{name}={value!r} is not a day of the calendar") from None
+        raise ApiError(422, f"{name}={value!r} is not a day (or time) of the calendar") from None
+    return t.replace(tzinfo=None)  # catalog times are naive local, as EXIF's
 
 
-# A day as YYYY-MM-DD, said in the schema (format: date) and checked strictly: pydantic's
-# lax date parsing would take "0" for 1970-01-01.
-Day = Annotated[
-    str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$", json_schema_extra={"format": "date"})
-]
+# A day, or a day and time, said in the schema and checked strictly: pydantic's lax date
+# parsing would take "0" for 1970-01-01.
+Day = Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?$")]
 
 
 Text = Annotated[str | None, Query(max_length=500)]

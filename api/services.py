@@ -54,6 +54,7 @@ class Services:
     gate: threading.RLock = field(default_factory=threading.RLock)
     _classifier: Any = None
     facets: tuple[float, dict[str, Any]] | None = None  # (when, facets): a short cache
+    watch_failure: str | None = None  # why the watcher thread stopped, if it did
     # Cursors are signed with a key of this process: a forged cursor is refused before
     # it costs a search. (Replicas behind one address would share a key: issue [9].)
     cursor_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))

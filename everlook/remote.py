@@ -40,6 +40,11 @@ def search(
                     r = client.post("/api/search/image", params=q, files={"file": data})
                 else:
                     r = client.get("/api/search", params=q)
+                if r.status_code in (413, 503):
+                    # Over the server's upload limit (the CLI reads files up to
+                    # max_file_bytes itself), or not ready: answer in-process instead.
+                    log.info("the server said %s; searching in-process", _message(r))
+                    return None
                 if r.status_code != 200:
                     raise ServerSaid(r.status_code, _message(r))
                 page = r.json()

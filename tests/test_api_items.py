@@ -166,6 +166,16 @@ def test_classify_an_uploaded_image(api: Api) -> None:
     assert len(r.json()["labels"]) == 3
 
 
+def test_readiness_says_when_the_watcher_has_stopped(api: Api) -> None:
+    api.svc.watch_failure = "OSError: disk full"
+    try:
+        err = error_of(api.get("/api/ready"), 503)
+        assert "watcher stopped" in err["message"] and "disk full" in err["message"]
+    finally:
+        api.svc.watch_failure = None
+    assert api.get("/api/ready").status_code == 200
+
+
 def test_stats_facets_health_and_readiness(api: Api) -> None:
     n = sum(1 for p in api.library.rglob("*") if p.is_file())
     stats = api.ok("/api/stats")

@@ -122,8 +122,10 @@ def test_index_under_a_served_library_is_handed_to_the_server(
 def test_the_cli_answers_from_the_running_server_with_the_same_output(
     demo_server: Served, demo_lib: Any, tmp_path: Path
 ) -> None:
+    picture = str(next(demo_lib.library.glob("pictures/*.jpg")))
     queries = [["a red circle -red", "-k", "7"], ["--like", "3", "-k", "4", "--has", "star"],
-               ["--has", "circle:2", "-k", "5"]]  # fmt: skip
+               ["--has", "circle:2", "-k", "5"], ["a star", "--after", "2000-01-01T10:30"],
+               ["--image", picture, "-k", "3"]]  # fmt: skip
     remote = [run_cli(demo_lib.settings, "search", *q, "--json", cwd=tmp_path) for q in queries]
     # Proof it was the server: with a model this process cannot load, it still answers.
     broken = {**demo_lib.settings, "EVERLOOK_CLIP_MODEL": "no-such-model"}
