@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from pydantic import ValidationError
 from sqlalchemy import text
 from starlette.background import BackgroundTask
 
@@ -128,7 +129,12 @@ async def classify_upload(
     """Zero-shot classification of an uploaded image."""
     data = await file.read()
     names = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-    req = ClassifyRequest(labels=names or None, imagenet=imagenet, k=k)
+    try:
+        req = ClassifyRequest(labels=names or None, imagenet=imagenet, k=k)
+    except ValidationError as exc:  # the form's labels, held to the JSON body's bounds
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ApiError(422, f"labels: {where}: {first['msg']}") from None
 
     def work() -> dict[str, Any]:
         upload = decode_upload_image(data, svc.config.limits, svc.config.draft_side)

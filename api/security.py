@@ -1,6 +1,7 @@
 """Auth and the upload limit, as pure ASGI middleware (they run before any body is read).
 
-- Bearer token: when one is configured, every path under /api/ but /api/health needs
+- Bearer token: when one is configured, /openapi.json and every path under /api/ but
+  /api/health need
   ``Authorization: Bearer <token>``, compared in constant time (hmac.compare_digest).
   The page (``/``, ``/static/...``) holds no data and loads without it, so it can ask
   the user for the token.
@@ -21,6 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import error_body
 
 OPEN_PATHS = ("/api/health",)
+# Besides /api/...: the schema says what the API can do, which is the token holder's
+# business too.
+GUARDED_PATHS = ("/openapi.json",)
 
 
 async def _send_error(send: Send, status: int, message: str, headers: Any = ()) -> None:
@@ -42,7 +46,7 @@ class TokenAuth:
         if (
             self.token is None
             or scope["type"] != "http"
-            or not scope["path"].startswith("/api/")
+            or not (scope["path"].startswith("/api/") or scope["path"] in GUARDED_PATHS)
             or scope["path"] in OPEN_PATHS
             or scope["method"] == "OPTIONS"  # CORS preflight carries no credentials
         ):

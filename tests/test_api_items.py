@@ -164,6 +164,10 @@ def test_classify_an_uploaded_image(api: Api) -> None:
                         files={"file": ("x.jpg", data, "image/jpeg")})  # fmt: skip
     assert r.status_code == 200, r.text
     assert len(r.json()["labels"]) == 3
+    long = "x" * 101 + ",y"
+    r = api.client.post("/api/classify", data={"labels": long},
+                        files={"file": ("x.jpg", data, "image/jpeg")})  # fmt: skip
+    error_of(r, 422)
 
 
 def test_readiness_says_when_the_watcher_has_stopped(api: Api) -> None:
