@@ -16,6 +16,7 @@ import numpy as np
 from fastapi import Depends, Request
 from PIL import Image
 
+from api.batching import TextBatcher
 from api.files import Thumbnails
 from catalog import Catalog
 from indexer.media import Limits
@@ -65,10 +66,10 @@ class Services:
         # kept (the model is fixed for the life of the server), so a page 2 or a
         # popular query costs a FAISS search, not a forward pass.
         self._text_cache = functools.lru_cache(maxsize=2048)(self._embed_text)
+        self.texts = TextBatcher(self.engine.embedder.embed_texts, self.gate)
 
     def _embed_text(self, text: str) -> tuple[np.ndarray, str]:
-        with self.model():
-            vec, words = self.engine.text_vector(text, self.config.negative_weight)
+        vec, words = self.engine.text_vector(text, self.config.negative_weight, embed=self.texts)
         vec.setflags(write=False)  # shared by every request that asks the same
         return vec, words
 
@@ -80,8 +81,7 @@ class Services:
     def text_vector(self, text: str, image: np.ndarray | None = None) -> tuple[np.ndarray, str]:
         if image is None:
             return self._text_cache(text)
-        with self.model():
-            return self.engine.text_vector(text, self.config.negative_weight, image)
+        return self.engine.text_vector(text, self.config.negative_weight, image, self.texts)
 
     def image_vector(self, image: Image.Image) -> np.ndarray:
         with self.model():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,13 +141,17 @@ class SearchEngine:
             nxt = Cursor(None, shown[-1], (after.seen if after else 0) + len(shown))
         return self._hits([(i, float("nan")) for i in shown]), nxt
 
-    def text_vector(self, text: str, negative_weight: float, image: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, str]:  # fmt: skip
+    def text_vector(
+        self, text: str, negative_weight: float, image: np.ndarray | None = None,
+        embed: Callable[[Sequence[str]], np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, str]:  # fmt: skip
         """The query vector of text (with its -negatives, see search.query) and of an
-        image vector when given; and the positive words, for the label boost."""
+        image vector when given; and the positive words, for the label boost. `embed`
+        stands in for the embedder's embed_texts (the API batches waiting queries)."""
         q = parse(text)
         texts = ([q.positive] if q.positive else []) + q.negatives
-        vecs = list(self.embedder.embed_texts(texts)) if texts else []
+        run = embed or self.embedder.embed_texts
+        vecs = list(run(texts)) if texts else []
         positives = vecs[:1] if q.positive else []
         if image is not None:
             positives.append(image)
