@@ -35,7 +35,7 @@ def main() -> int:
     settings = {**demo.settings, "EVERLOOK_API_TOKEN": TOKEN}
     with serving(settings, str(demo.library), "--no-watch", cwd=base) as served:
         t0 = time.monotonic()
-        done = run_schemathesis(served.url, args.examples, timeout=6 * 3600)
+        done = run_schemathesis(served.url, args.examples, timeout=6 * 3600, cwd=base)
         took = time.monotonic() - t0
         errors = served.output().count("internal error on")
     print(done.stdout[-20000:])

@@ -24,19 +24,22 @@ TOKEN = "schema-test-token"
 ARGS = ["--exclude-checks", "positive_data_acceptance", "-w", "1", "--seed", "1"]
 
 
-def run_schemathesis(url: str, examples: int, timeout: float) -> subprocess.CompletedProcess[str]:
+def run_schemathesis(
+    url: str, examples: int, timeout: float, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """The schemathesis CLI, run in cwd (it keeps a .schemathesis folder there)."""
     exe = Path(sys.executable).with_name("schemathesis")
     return subprocess.run(
         [str(exe), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
          "-n", str(examples), *ARGS],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
     )  # fmt: skip
 
 
 def test_the_live_schema_holds_under_generated_requests(demo_lib: Any, tmp_path: Path) -> None:
     settings = {**demo_lib.settings, "EVERLOOK_API_TOKEN": TOKEN}
     with serving(settings, str(demo_lib.library), "--no-watch", cwd=tmp_path) as served:
-        done = run_schemathesis(served.url, examples=12, timeout=600)
+        done = run_schemathesis(served.url, examples=12, timeout=600, cwd=tmp_path)
         log = served.output()
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-6000:]
