@@ -163,3 +163,12 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(api: Api) -> None:
     error_of(api.client.delete("/api/search"), 405)
     error_of(api.client.post("/api/items/1/classify", content=b"{not json",
                              headers={"Content-Type": "application/json"}), 422)  # fmt: skip
+
+
+def test_the_page_runs_only_its_own_code(api: Api) -> None:
+    r = api.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
