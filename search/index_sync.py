@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,11 +150,7 @@ class VectorIndex:
         # outside the lock, so searches are held back only while vectors change.
         with self.lock.reading():
             have = store.ids()
-        wanted = np.asarray(
-            self.catalog.embedding_ids(self.space, self.info.model_id), dtype=np.int64
-        )
-        extra = np.setdiff1d(have, wanted, assume_unique=True)
-        missing = np.setdiff1d(wanted, have, assume_unique=True)
+        extra, missing = self._difference(have)
         if self._mark is not None and self._mark[2] is not None:
             # Written since the last look but under an id the index has: a vector
             # replaced, or an id SQLite reused after deleting the newest item.
@@ -162,19 +158,10 @@ class VectorIndex:
                 self.space, self.info.model_id, self._mark[2]
             )
             missing = np.union1d(missing, np.asarray(renewed, dtype=np.int64))
-        batches = []
-        if len(missing):
-            for rows in self.catalog.iter_embeddings(
-                self.space, self.info.model_id, only=missing.tolist()
-            ):
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                batches.append((ids, np.stack([np.frombuffer(r[1], np.float32) for r in rows])))
+        batches = list(self._vectors(missing))  # read before the lock, not under it
         if len(extra) or batches:
             with self.lock.writing():
-                report.removed = store.remove(extra) if len(extra) else 0
-                for ids, vecs in batches:
-                    store.add(ids, vecs)
-                    report.added += len(ids)
+                self._apply(store, extra, batches, report)
         self._mark = mark
         return report
 
@@ -201,22 +188,35 @@ class VectorIndex:
             return store.count()
 
     def _reconcile(self, store: VectorStore, report: SyncReport) -> None:
+        extra, missing = self._difference(store.ids())
+        self._apply(store, extra, self._vectors(missing), report)  # streamed, batch by batch
+
+    def _difference(self, have: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids the index has and the catalog does not, ids the catalog has and it lacks)."""
         wanted = np.asarray(
             self.catalog.embedding_ids(self.space, self.info.model_id), dtype=np.int64
         )
-        have = store.ids()
-        extra = np.setdiff1d(have, wanted, assume_unique=True)
-        missing = np.setdiff1d(wanted, have, assume_unique=True)
+        return (np.setdiff1d(have, wanted, assume_unique=True),
+                np.setdiff1d(wanted, have, assume_unique=True))  # fmt: skip
+
+    def _vectors(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The catalog's vectors of ids, in batches of (ids, vectors)."""
+        if not len(ids):
+            return
+        for rows in self.catalog.iter_embeddings(self.space, self.info.model_id, only=ids.tolist()):
+            yield (np.array([r[0] for r in rows], dtype=np.int64),
+                   np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]))  # fmt: skip
+
+    @staticmethod
+    def _apply(
+        store: VectorStore, extra: np.ndarray,
+        batches: Iterable[tuple[np.ndarray, np.ndarray]], report: SyncReport,
+    ) -> None:  # fmt: skip
         if len(extra):
             report.removed = store.remove(extra)
-        if len(missing):
-            for rows in self.catalog.iter_embeddings(
-                self.space, self.info.model_id, only=missing.tolist()
-            ):
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-                store.add(ids, vecs)
-                report.added += len(ids)
+        for ids, vecs in batches:
+            store.add(ids, vecs)
+            report.added += len(ids)
 
     def describe(self) -> dict[str, Any]:
         """What the saved index holds, asked of its backend (the index is not loaded)."""
