@@ -31,7 +31,7 @@ def watch(
     import signal
 
     from indexer.scan import ScanRules
-    from indexer.watch import WatchOptions, summary
+    from indexer.watch import summary
     from search.embedders import ModelUnavailable
 
     for p in paths:
@@ -42,12 +42,7 @@ def watch(
     parts = _parts()
     s = parts.settings
     hold_writer(ctx, parts, "watch", [str(p) for p in paths])
-    opts = WatchOptions(
-        quiet_seconds=s.watch_quiet_seconds if quiet is None else quiet,
-        poll=s.watch_poll if poll is None else poll,
-        poll_interval=s.watch_poll_interval if poll_interval is None else poll_interval,
-        batch_size=s.batch_size,
-    )
+    opts = watch_options(s, quiet, poll, poll_interval)
     rules = ScanRules(s.include, s.exclude, s.include_hidden)
     try:
         watcher = parts.watcher([str(p) for p in paths], rules, opts)
@@ -75,6 +70,21 @@ def watch(
     except ModelUnavailable as exc:
         raise _fail_config(exc) from exc
     err.print(f"watch ended: {summary(watcher.totals)}")
+
+
+def watch_options(
+    s: Any, quiet: float | None = None, poll: bool | None = None,
+    poll_interval: float | None = None,
+) -> Any:  # fmt: skip
+    """The watcher's options from settings, with what a command line overrode."""
+    from indexer.watch import WatchOptions
+
+    return WatchOptions(
+        quiet_seconds=s.watch_quiet_seconds if quiet is None else quiet,
+        poll=s.watch_poll if poll is None else poll,
+        poll_interval=s.watch_poll_interval if poll_interval is None else poll_interval,
+        batch_size=s.batch_size,
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -117,7 +127,6 @@ def serve(
 
     from everlook.lock import advertise, withdraw
     from indexer.scan import ScanRules
-    from indexer.watch import WatchOptions
 
     parts = _parts()
     s = parts.settings
@@ -144,10 +153,7 @@ def serve(
     try:
         watcher = None
         if writes:
-            opts = WatchOptions(
-                quiet_seconds=s.watch_quiet_seconds, poll=s.watch_poll if poll is None else poll,
-                poll_interval=s.watch_poll_interval, batch_size=s.batch_size,
-            )  # fmt: skip
+            opts = watch_options(s, poll=poll)
             watcher = parts.watcher(roots, ScanRules(s.include, s.exclude, s.include_hidden), opts)
         svc = parts.api_services(roots, watcher)
     except (ValueError, ImportError) as exc:
