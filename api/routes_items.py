@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from starlette.background import BackgroundTask
 
 from api.errors import ApiError, AsciiJSON, error_response
 from api.files import SIZES, fd_path, open_servable
-from api.routes_search import item_vector
+from api.routes_search import ItemId, item_vector
 from api.schemas import (
     Classified,
     ClassifyRequest,
@@ -32,7 +32,6 @@ from api.uploads import decode_upload_image
 from search.present import styles_of
 
 router = APIRouter()
-ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="catalog item id")]
 FORMAT_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
                 "GIF": "image/gif", "WEBP": "image/webp", "TIFF": "image/tiff",
                 "BMP": "image/bmp", "HEIF": "image/heif", "AVIF": "image/avif"}  # fmt: skip

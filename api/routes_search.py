@@ -89,6 +89,7 @@ def filter_params(
     )  # fmt: skip
 
 
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="catalog item id")]
 K = Annotated[int, Query(ge=1, le=200, description="results per page")]
 MinScore = Annotated[float | None, Query(ge=-2, le=2, description="drop results below")]
 CursorQ = Annotated[str | None, Query(max_length=300, description="next_cursor of a page")]
@@ -168,7 +169,7 @@ def search(
 @router.get("/api/items/{item_id}/similar", response_model=SearchPage, responses=SEARCH_ERRORS,
             tags=["items"])  # fmt: skip
 def similar(
-    svc: Svc, item_id: Annotated[int, Path(ge=1, le=2**63 - 1, description="catalog item id")],
+    svc: Svc, item_id: ItemId,
     filters: Annotated[Filters, Depends(filter_params)],
     k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
 ) -> dict[str, Any]:  # fmt: skip
