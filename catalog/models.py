@@ -77,6 +77,10 @@ class Item(Base):
     camera_model: Mapped[str | None] = mapped_column(String(128))
     gps_lat: Mapped[float | None] = mapped_column(Float)
     gps_lon: Mapped[float | None] = mapped_column(Float)
+    # Audio items: the file's own duration, sample rate and channel count.
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    sample_rate: Mapped[int | None] = mapped_column(Integer)
+    channels: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     paths: Mapped[list[FilePath]] = relationship(
@@ -103,7 +107,12 @@ class FilePath(Base):
 
 class Embedding(Base):
     __tablename__ = "embeddings"
-    __table_args__ = (UniqueConstraint("item_id", "space", name="uq_embedding_item_space"),)
+    # One vector per (item, space, model): while a new model of a space backfills, the
+    # active one keeps answering queries from its own vectors.
+    __table_args__ = (
+        UniqueConstraint("item_id", "space", "model_id", name="uq_embedding_item_space_model"),
+        Index("ix_embeddings_space_model_item", "space", "model_id", "item_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
@@ -112,6 +121,20 @@ class Embedding(Base):
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, L2-normalised
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SpaceRow(Base):
+    """The model that answers a space's queries, and how to build it again (JSON of the
+    embedder's arguments), so a newly configured model can backfill beside it."""
+
+    __tablename__ = "spaces"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    active_model_id: Mapped[str] = mapped_column(String(200))
+    active_args: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
 
 
 class StageStatus(Base):

@@ -26,6 +26,7 @@ from catalog.models import (
     StageStatus,
     utcnow,
 )
+from catalog.spaces import SpaceBook
 from catalog.stages import StageBook
 
 
@@ -49,7 +50,8 @@ class NewItem:
     format: str | None = None
     width: int | None = None
     height: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # taken_at, camera_*, gps_*
+    # taken_at, camera_*, gps_*; for audio: duration_s, sample_rate, channels
+    meta: dict[str, Any] = field(default_factory=dict)
     space: str = "clip"
     model_id: str = ""
     vector: bytes = b""
@@ -91,6 +93,7 @@ class Catalog:
         self.Session = make_sessionmaker(engine)
         self.stages = StageBook(self.Session)
         self.browse = Browse(self.Session)
+        self.spaces = SpaceBook(self.Session)
 
     # ---- reads -------------------------------------------------------------------
     def known_paths(self, roots: Iterable[str]) -> dict[str, KnownPath]:
@@ -143,6 +146,8 @@ class Catalog:
                 "taken_at": _iso(it.taken_at), "camera_make": it.camera_make,
                 "camera_model": it.camera_model, "gps": [it.gps_lat, it.gps_lon]
                 if it.gps_lat is not None else None, "created_at": _iso(it.created_at),
+                "duration_s": it.duration_s, "sample_rate": it.sample_rate,
+                "channels": it.channels,
             }  # fmt: skip
         meta["paths"] = self.paths_for([item_id])[item_id]
         meta["stages"] = self.stages.statuses(item_id)
@@ -165,13 +170,18 @@ class Catalog:
         with self.Session() as s:
             return s.get(Item, item_id) is not None
 
-    def embedding(self, item_id: int, space: str) -> tuple[str, bytes] | None:
+    def embedding(
+        self, item_id: int, space: str, model_id: str | None = None
+    ) -> tuple[str, bytes] | None:
+        """(model id, vector bytes) of the item in this space: the given model's, or
+        the newest when no model is named."""
         with self.Session() as s:
-            row = s.execute(
-                select(Embedding.model_id, Embedding.vector).where(
-                    Embedding.item_id == item_id, Embedding.space == space
-                )
-            ).first()
+            stmt = select(Embedding.model_id, Embedding.vector).where(
+                Embedding.item_id == item_id, Embedding.space == space
+            )
+            if model_id is not None:
+                stmt = stmt.where(Embedding.model_id == model_id)
+            row = s.execute(stmt.order_by(Embedding.created_at.desc())).first()
             return (row[0], row[1]) if row else None
 
     def embeddings_mark(self, space: str, model_id: str) -> tuple[int, int, datetime | None]:
@@ -257,7 +267,7 @@ class Catalog:
                     s.add(item)
                     s.flush()
                     item_id = item.id
-                if new.sha256 not in ids:
+                if new.sha256 not in ids and new.vector:  # audio: embedded by a stage
                     self._put_embedding(s, item_id, new, stage)
                 ids[new.sha256] = item_id
                 self._set_path(s, new.path, item_id, new.size_bytes, new.mtime_ns)
@@ -267,8 +277,11 @@ class Catalog:
     def _put_embedding(s: Session, item_id: int, new: NewItem, stage: str) -> None:
         """Insert or replace the item's vector in this space, with its stage row."""
         emb = s.scalar(
-            select(Embedding).where(Embedding.item_id == item_id, Embedding.space == new.space)
-        )
+            select(Embedding).where(
+                Embedding.item_id == item_id, Embedding.space == new.space,
+                Embedding.model_id == new.model_id,
+            )
+        )  # fmt: skip
         if emb is None:
             s.add(
                 Embedding(

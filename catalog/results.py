@@ -44,3 +44,6 @@ class StageOutput:
     detections: list[Detection] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)
+    # An embedding stage's vector (float32 bytes, L2-normalised) in this space.
+    space: str | None = None
+    vector: bytes | None = None

@@ -22,6 +22,7 @@ from catalog.models import (
     SegmentRow,
     StageState,
     StageStatus,
+    utcnow,
 )
 from catalog.results import StageOutput
 
@@ -149,10 +150,26 @@ class StageBook:
                 if item_id not in alive:
                     continue
                 s.add_all(_rows(item_id, stage, model_id, out))
+                if out.vector is not None and out.space:
+                    self._put_vector(s, item_id, out.space, model_id, out.vector)
                 self._status(s, item_id, stage, model_id, None)
             for item_id, error in failures.items():
                 if item_id in alive:
                     self._status(s, item_id, stage, model_id, error)
+
+    @staticmethod
+    def _put_vector(s: Session, item_id: int, space: str, model_id: str, vector: bytes) -> None:
+        emb = s.scalar(
+            select(Embedding).where(
+                Embedding.item_id == item_id, Embedding.space == space,
+                Embedding.model_id == model_id,
+            )
+        )  # fmt: skip
+        if emb is None:
+            s.add(Embedding(item_id=item_id, space=space, model_id=model_id,
+                            dim=len(vector) // 4, vector=vector))  # fmt: skip
+        else:
+            emb.vector, emb.dim, emb.created_at = vector, len(vector) // 4, utcnow()
 
     @staticmethod
     def _status(s: Session, item_id: int, stage: str, model_id: str, error: str | None) -> None:
