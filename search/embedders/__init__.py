@@ -1,11 +1,12 @@
 """Embedders turn images (and later text, sound) into L2-normalised float32 vectors.
 
-Backends register under a name (``clip``; ``imagebind`` later) and are built from
+Backends register under a name (``clip``, ``imagebind``) and are built from
 plain keyword arguments, so the shell can pick one from settings.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -44,6 +45,7 @@ class Embedder(Protocol):
 
 
 _REGISTRY: dict[str, Callable[..., Embedder]] = {}
+BUILTIN = ("clip", "imagebind")  # modules under search/embedders/ that register themselves
 
 
 def register(name: str) -> Callable[[Callable[..., Embedder]], Callable[..., Embedder]]:
@@ -65,11 +67,12 @@ def create(name: str, **kwargs: Any) -> Embedder:
 
 
 def _load_builtin(name: str) -> None:
-    # Import lazily: each backend pulls in heavy libraries.
-    if name == "clip":
-        import search.embedders.clip  # noqa: F401
+    # Import lazily: each backend pulls in heavy libraries (when it loads a model).
+    if name in BUILTIN:
+        importlib.import_module(f"search.embedders.{name}")
 
 
 def available() -> list[str]:
-    _load_builtin("clip")
+    for name in BUILTIN:
+        _load_builtin(name)
     return sorted(_REGISTRY)
