@@ -1,4 +1,5 @@
-"""Fixtures: a tiny open_clip model (seeded, random) loaded the way real weights are."""
+"""Fixtures: tiny open_clip and ImageBind models (seeded, random) loaded the way real
+weights are."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ REPO = HERE.parent
 SHARED_MEDIA = REPO.parent / "shared" / "data" / "media"
 TINY = "everlook-tiny"
 TINY_TAG = "seed0"
+TINY_IMAGEBIND = "everlook-tiny-imagebind"  # EVERLOOK_IMAGEBIND_MODEL selects it
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,7 +36,7 @@ def ultralytics_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """EVERLOOK_MODEL_DIR holding the tiny config and its seeded random weights.
+    """EVERLOOK_MODEL_DIR holding the tiny configs and their seeded random weights.
 
     The checkpoint goes where an offline user would put real weights, so tests exercise
     the same resolution and loading path (open_clip's add_model_config + pretrained file).
@@ -51,7 +53,24 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = md / "open_clip" / TINY / TINY_TAG
     dest.mkdir(parents=True)
     torch.save(model.state_dict(), dest / "open_clip_model.pt")
+    save_tiny_imagebind(md / "imagebind")
     return md
+
+
+def save_tiny_imagebind(folder: Path) -> None:
+    """The tiny ImageBind config and seeded random weights, as `<name>.json` + `.pth`."""
+    import json
+
+    import torch
+
+    from search.embedders.imagebind import upstream
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = HERE / "data" / f"{TINY_IMAGEBIND}.json"
+    shutil.copy(config, folder)
+    torch.manual_seed(0)
+    net = upstream().models.ImageBindModel(**json.loads(config.read_text()))
+    torch.save(net.state_dict(), folder / f"{TINY_IMAGEBIND}.pth")
 
 
 def only_these_settings(mp: pytest.MonkeyPatch, values: dict[str, str]) -> None:
