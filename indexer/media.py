@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
+from indexer.sniff import SNIFF_BYTES, sniff_audio
+
 try:  # HEIC/HEIF from phones: registered as a Pillow opener.
     import pillow_heif
 
@@ -49,6 +51,10 @@ class MediaError(Exception):
 class Limits:
     max_pixels: int = 100_000_000
     max_file_bytes: int = 200 * 1024 * 1024
+    max_audio_seconds: float = 3600.0
+    # Audio gets its own byte limit: an hour of uncompressed WAV is 635 MB at CD quality,
+    # far more than any photo, while its decoded form is bounded by max_audio_seconds.
+    max_audio_bytes: int = 512 * 1024 * 1024
 
 
 @dataclass
@@ -89,7 +95,9 @@ def read_file(path: str, limits: Limits) -> RawFile:
             raise MediaError("symbolic link loop") from exc
         raise MediaError(f"cannot open: {exc.strerror}") from exc
     try:
-        _check_regular(os.fstat(fd), limits)
+        st = os.fstat(fd)
+        _check_regular(st)
+        _check_size(st.st_size, _peek(fd), limits)
     except BaseException:
         os.close(fd)
         raise
@@ -116,18 +124,32 @@ def read_file(path: str, limits: Limits) -> RawFile:
     return RawFile(path, bytes(buf[:got]), h.hexdigest(), got, st.st_mtime_ns)
 
 
-def _check_regular(st: os.stat_result, limits: Limits) -> None:
+def _check_regular(st: os.stat_result) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise MediaError("is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
         raise MediaError(f"not a regular file ({_file_type(st.st_mode)})")
     if st.st_size == 0:
         raise MediaError("empty file (0 bytes)")
-    if st.st_size > limits.max_file_bytes:
-        raise MediaError(
-            f"file is {st.st_size} bytes, over the limit of {limits.max_file_bytes} "
-            "(setting max_file_bytes)"
-        )
+
+
+def _peek(fd: int) -> bytes:
+    # pread leaves the file position at 0 for the one read that follows; the head comes
+    # from the page cache that read will use anyway.
+    try:
+        return os.pread(fd, SNIFF_BYTES, 0)
+    except OSError as exc:
+        raise MediaError(f"read error: {exc.strerror}") from exc
+
+
+def _check_size(size: int, head: bytes, limits: Limits) -> None:
+    """The byte limit for what the file's first bytes say it is, before reading the rest."""
+    if sniff_audio(head) is not None:
+        limit, setting = limits.max_audio_bytes, "max_audio_bytes"
+    else:
+        limit, setting = limits.max_file_bytes, "max_file_bytes"
+    if size > limit:
+        raise MediaError(f"file is {size} bytes, over the limit of {limit} (setting {setting})")
 
 
 def _file_type(mode: int) -> str:
