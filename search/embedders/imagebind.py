@@ -327,8 +327,12 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
         # and averages a recording's clips: normalising again gives unit vectors.
         return F.normalize(out.float(), dim=-1)
 
-    def _run(self, key: str, x: Any) -> np.ndarray:
-        feats = self.predict((key, x))
+    def _run(self, key: str, batch: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)  # without loading the model
+        feats = self.predict((key, torch.stack(list(batch))))
         return np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32)
 
     # ---- images --------------------------------------------------------------------------
@@ -356,26 +360,16 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
         return self._transform()(image)
 
     def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
-        import torch
-
-        return self._run("vision", torch.stack(list(batch)))
+        return self._run("vision", batch)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.embed_preprocessed([self.preprocess(im) for im in images])
 
     # ---- text ----------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> Any:
-        import torch
-
-        tok = tokenizer()
-        # One text at a time, as upstream's load_and_transform_text does (its tokenizer
-        # returns a 1-D row for a single text).
-        return torch.stack([tok(t) for t in texts])
-
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self._run("text", self.tokenize(texts))
+        # One text at a time, as upstream's load_and_transform_text does (its tokenizer
+        # returns one row of 77 token ids for a single text).
+        return self._run("text", [tokenizer()(t) for t in texts])
 
     # ---- sound ---------------------------------------------------------------------------
     def preprocess_audio(self, waveform: np.ndarray) -> Any:
@@ -417,10 +411,8 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
 
     def embed_audio_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
         """One unit vector per recording: the mean of its clips' embeddings."""
-        import torch
-
         # (B, clips, 1, mel, frames): upstream's forward embeds every clip and averages.
-        return self._run("audio", torch.stack(list(batch)))
+        return self._run("audio", batch)
 
     def embed_audio(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         return self.embed_audio_preprocessed([self.preprocess_audio(w) for w in waveforms])
