@@ -366,10 +366,16 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
         return self.embed_preprocessed([self.preprocess(im) for im in images])
 
     # ---- text ----------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """(n, 77) token ids. One text at a time, as upstream's load_and_transform_text
+        does (its tokenizer returns one row for a single text)."""
+        import torch
+
+        tok = tokenizer()
+        return torch.stack([tok(t) for t in texts])
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        # One text at a time, as upstream's load_and_transform_text does (its tokenizer
-        # returns one row of 77 token ids for a single text).
-        return self._run("text", [tokenizer()(t) for t in texts])
+        return self._run("text", list(self.tokenize(texts)) if texts else [])
 
     # ---- sound ---------------------------------------------------------------------------
     def preprocess_audio(self, waveform: np.ndarray) -> Any:
