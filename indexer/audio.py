@@ -116,7 +116,6 @@ def waveform_picture(samples: np.ndarray, width: int = 512, height: int = 128) -
     if width < 1 or height < 1:
         raise ValueError(f"picture size must be positive, not {width}x{height}")
     x = np.asarray(samples, dtype=np.float32).ravel()
-    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
     pixels = np.empty((height, width, 3), np.uint8)
     pixels[:] = _BACKGROUND
     mid = (height - 1) / 2
@@ -126,8 +125,10 @@ def waveform_picture(samples: np.ndarray, width: int = 512, height: int = 128) -
         # fewer samples than columns, neighbouring columns share a sample. reduceat is one
         # vectorised pass, an hour at 16 kHz (58M samples) in a fraction of a second.
         starts = (np.arange(width, dtype=np.int64) * x.size) // width
-        lo = np.minimum.reduceat(x, starts)
-        hi = np.maximum.reduceat(x, starts)
+        # NaN/inf (decode_audio never gives them, callers might) are cleaned per column,
+        # not per sample: cleaning an hour of samples would cost more than the envelope.
+        lo = np.nan_to_num(np.minimum.reduceat(x, starts), nan=0.0, neginf=-1.0, posinf=1.0)
+        hi = np.nan_to_num(np.maximum.reduceat(x, starts), nan=0.0, neginf=-1.0, posinf=1.0)
         peak = float(max(-lo.min(), hi.max()))
         gain = min(1.0 / peak, _MAX_GAIN) if peak > 0 else 0.0
         top = np.floor((1.0 - np.clip(hi * gain, -1, 1)) * mid).astype(np.int64)
