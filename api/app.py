@@ -68,14 +68,16 @@ class Background:
             self.svc.watch_failure = f"{type(exc).__name__}: {exc}"
 
     def _refresh(self) -> None:
-        index = self.svc.engine.index
+        indexes = {name: e.index for name, e in self.svc.engines.items()}
         while not self.stop.wait(self.svc.config.refresh_seconds):
-            try:
-                r = index.refresh()
-                if r.added or r.removed:
-                    log.info("index: picked up %d new, %d removed vectors", r.added, r.removed)
-            except Exception:
-                log.exception("refreshing the index from the catalog failed; will retry")
+            for name, index in indexes.items():
+                try:
+                    r = index.refresh()
+                    if r.added or r.removed:
+                        log.info("%s index: picked up %d new, %d removed vectors",
+                                 name, r.added, r.removed)  # fmt: skip
+                except Exception:
+                    log.exception("refreshing the %s index from the catalog failed", name)
 
     def shutdown(self) -> None:
         self.stop.set()

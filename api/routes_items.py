@@ -146,7 +146,8 @@ async def classify_upload(
 def stats(svc: Svc) -> dict[str, Any]:
     """Items, paths, stage progress, failures, models, and the loaded index."""
     out = svc.catalog.stats()
-    out["index"] = {"vectors": svc.engine.index.count()}
+    out["index"] = {"vectors": svc.engine.index.count(),
+                    "spaces": {n: e.index.count() for n, e in svc.engines.items()}}  # fmt: skip
     out["watching"] = list(svc.watcher.roots) if svc.watcher is not None else []
     return out
 

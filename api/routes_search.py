@@ -14,11 +14,12 @@ from pydantic import StringConstraints
 from api.errors import ApiError
 from api.schemas import SearchPage, errors
 from api.services import Services, Svc
-from api.uploads import decode_upload_image, sniff
+from api.uploads import decode_upload_audio, decode_upload_image
 from catalog.filters import Filters, parse_has
 from search.engine import Hit
 from search.present import result_rows
 from search.query import Cursor
+from search.spaces import NoSpace, pick
 
 router = APIRouter(tags=["search"])
 THUMB = "/api/items/{}/thumbnail?size=256"
@@ -93,6 +94,16 @@ ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="catalog item id")]
 K = Annotated[int, Query(ge=1, le=200, description="results per page")]
 MinScore = Annotated[float | None, Query(ge=-2, le=2, description="drop results below")]
 CursorQ = Annotated[str | None, Query(max_length=300, description="next_cursor of a page")]
+SpaceQ = Annotated[str | None, Query(pattern="^(clip|imagebind)$", description="embedding "
+                   "space; default: clip for text and pictures, imagebind for sound")]  # fmt: skip
+
+
+def space_for(svc: Services, query: str, filters: Filters, requested: str | None) -> str:
+    """The enabled space that answers a query of this modality for the kind asked."""
+    try:
+        return pick(svc.engines, query, filters.kind, requested).name
+    except NoSpace as exc:
+        raise ApiError(409, str(exc)) from None
 
 
 def _cursor(token: str | None, ranked: bool, key: bytes) -> Cursor | None:
@@ -109,34 +120,46 @@ def _cursor(token: str | None, ranked: bool, key: bytes) -> Cursor | None:
 
 def page(
     svc: Services, vec: np.ndarray | None, k: int, cursor: str | None, min_score: float | None,
-    filters: Filters, exclude: list[int], words: str | None,
+    filters: Filters, exclude: list[int], words: str | None, space: str = "clip",
 ) -> dict[str, Any]:  # fmt: skip
-    """One page of results for a query vector (or the newest items, with none)."""
+    """One page of results for a query vector in a space (or the newest items, with none)."""
     after = _cursor(cursor, vec is not None, svc.cursor_key)
     hits: list[Hit]
+    engine = svc.engines[space]
     if vec is None:
-        hits, nxt = svc.engine.newest(filters, k, after)
+        hits, nxt = engine.newest(filters, k, after)
     else:
-        hits, nxt = svc.engine.page(vec, k, after, min_score, filters, exclude, words or None)
+        hits, nxt = engine.page(vec, k, after, min_score, filters, exclude, words or None)
     rows = result_rows(svc.catalog, hits, svc.config.artwork_min_score,
                        first_rank=(after.seen if after else 0) + 1)  # fmt: skip
     for r in rows:
         r["thumbnail"] = THUMB.format(r["item_id"])
+        r["file"] = f"/api/items/{r['item_id']}/file"
     return {"results": rows, "next_cursor": nxt.encode(svc.cursor_key) if nxt else None}
 
 
-def item_vector(svc: Services, item_id: int) -> np.ndarray:
+def item_vector(svc: Services, item_id: int, space: str = "clip") -> np.ndarray:
     try:
-        return svc.engine.item_vector(item_id)
+        return svc.engines[space].item_vector(item_id)
     except LookupError:
         if not svc.catalog.item_exists(item_id):
             raise ApiError(404, f"no item with id {item_id}") from None
-        raise ApiError(409, f"item {item_id} has no embedding of the current model yet") from None
+        raise ApiError(409, f"item {item_id} has no {space} embedding of the current model "
+                       "yet") from None  # fmt: skip
 
 
-def _text_query(svc: Services, q: str, image: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+def item_modality(svc: Services, item_id: int) -> str:
+    kind = svc.catalog.items_of_kind([item_id]).get(item_id)
+    if kind is None:
+        raise ApiError(404, f"no item with id {item_id}")
+    return "audio" if kind == "audio" else "image"
+
+
+def _text_query(
+    svc: Services, q: str, image: np.ndarray | None = None, space: str = "clip"
+) -> tuple[np.ndarray, str]:
     try:
-        return svc.text_vector(q, image)
+        return svc.text_vector(q, image, space)
     except ValueError as exc:  # only -negatives
         raise ApiError(400, str(exc)) from None
 
@@ -151,19 +174,22 @@ def search(
     q: Annotated[Text, Query(description='words; "-word" or -"two words" to search away '
                              "from them", examples=["a dog on a beach -people"])] = None,
     like: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="more like this")] = None,
-    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
+    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None, space: SpaceQ = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Search by text, by an item ("more like this"), both at once, or by filters alone
-    (newest first). With nothing given: every item, newest first."""
+    (newest first). With nothing given: every item, newest first. Text finds pictures
+    through CLIP; with kind=audio (or space=imagebind) it finds sounds through ImageBind."""
     q = (q or "").strip() or None
     vec, words = None, None
-    base = item_vector(svc, like) if like is not None else None
+    modality = item_modality(svc, like) if like is not None else "text"
+    name = space_for(svc, modality, filters, space) if (q or like) else "clip"
+    base = item_vector(svc, like, name) if like is not None else None
     if q is not None:
-        vec, words = _text_query(svc, q, base)
+        vec, words = _text_query(svc, q, base, name)
     elif base is not None:
         vec = base
     exclude = [like] if like is not None else []
-    return page(svc, vec, k, cursor, min_score, filters, exclude, words)
+    return page(svc, vec, k, cursor, min_score, filters, exclude, words, name)
 
 
 @router.get("/api/items/{item_id}/similar", response_model=SearchPage, responses=SEARCH_ERRORS,
@@ -171,11 +197,13 @@ def search(
 def similar(
     svc: Svc, item_id: ItemId,
     filters: Annotated[Filters, Depends(filter_params)],
-    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
+    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None, space: SpaceQ = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """More like this item (the item itself left out)."""
-    vec = item_vector(svc, item_id)
-    return page(svc, vec, k, cursor, min_score, filters, [item_id], None)
+    """More like this item (the item itself left out): pictures through CLIP, sounds (or
+    pictures like a sound) through ImageBind."""
+    name = space_for(svc, item_modality(svc, item_id), filters, space)
+    vec = item_vector(svc, item_id, name)
+    return page(svc, vec, k, cursor, min_score, filters, [item_id], None, name)
 
 
 @router.post("/api/search/image", response_model=SearchPage,
@@ -186,31 +214,46 @@ async def search_image(
     file: Annotated[UploadFile, File(description="the image to search with")],
     q: Annotated[str | None, Form(max_length=500, description="text combined with the "
                                   "image; -words search away from them")] = None,
-    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None,
+    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None, space: SpaceQ = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Images like an uploaded one, optionally steered by text."""
+    """Pictures (or, with kind=audio, sounds) like an uploaded picture, optionally
+    steered by text."""
     data = await file.read()
+    name = space_for(svc, "image", filters, space)
 
     def work() -> dict[str, Any]:
         upload = decode_upload_image(data, svc.config.limits, svc.config.draft_side)
-        vec = svc.image_vector(upload.image)
+        vec = svc.image_vector(upload.image, name)
         words = None
         text = (q or "").strip()
         if text:
-            vec, words = _text_query(svc, text, vec)
-        return page(svc, vec, k, cursor, min_score, filters, [], words)
+            vec, words = _text_query(svc, text, vec, name)
+        return page(svc, vec, k, cursor, min_score, filters, [], words, name)
 
     return await run_in_threadpool(work)
 
 
 @router.post("/api/search/audio", response_model=SearchPage,
-             responses=errors(400, 401, 413, 415, 422, 501))  # fmt: skip
+             responses=errors(400, 401, 409, 413, 415, 422, 503))  # fmt: skip
 async def search_audio(
-    file: Annotated[UploadFile, File(description="a recording (WAV, FLAC, Ogg, MP3, M4A)")],
-) -> dict[str, Any]:
-    """Images by a sound: needs ImageBind embeddings (not in this version yet)."""
+    svc: Svc,
+    filters: Annotated[Filters, Depends(filter_params)],
+    file: Annotated[UploadFile, File(description="a recording (WAV, FLAC, Ogg Vorbis/Opus, "
+                                     "MP3)")],
+    k: K = 24, min_score: MinScore = None, cursor: CursorQ = None, space: SpaceQ = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Pictures and sounds (kind=image or kind=audio for one of them) that go with an
+    uploaded recording: a dog barking finds dogs, rain finds rain. Through ImageBind."""
     data = await file.read()
-    if sniff(data) != "audio":
-        raise ApiError(415, "this endpoint takes a sound recording")
-    raise ApiError(501, "searching by sound needs ImageBind embeddings, which this version "
-                   "of Everlook does not compute yet")  # fmt: skip
+    name = space_for(svc, "audio", filters, space)
+
+    def work() -> dict[str, Any]:
+        emb: Any = svc.engines[name].embedder
+        sound = decode_upload_audio(data, svc.config.limits, emb.audio_sample_rate)
+        try:
+            vec = svc.audio_vector(sound.samples, name)
+        except ValueError as exc:  # e.g. nothing left to embed
+            raise ApiError(422, f"cannot embed the recording: {exc}") from None
+        return page(svc, vec, k, cursor, min_score, filters, [], None, name)
+
+    return await run_in_threadpool(work)

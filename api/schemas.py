@@ -44,6 +44,11 @@ class Result(BaseModel):
     width: int | None = None
     height: int | None = None
     taken_at: str | None = None
+    duration_s: float | None = Field(default=None, description="audio items: seconds")
+    file: str = Field(
+        examples=["/api/items/12/file"],
+        description="the item's bytes (pictures shown, sounds played)",
+    )
     objects: dict[str, int] = Field(examples=[{"dog": 1, "person": 2}])
     tags: list[str] = Field(examples=[["sky", "sand", "sea"]])
     styles: list[ArtistScore]
@@ -104,6 +109,9 @@ class ItemDetail(BaseModel):
     camera_model: str | None
     gps: list[float] | None
     created_at: str | None
+    duration_s: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
     paths: list[str]
     stages: list[StageState]
     detections: list[Detection]
@@ -174,7 +182,12 @@ class ModelCount(BaseModel):
 
 
 class IndexState(BaseModel):
-    vectors: int = Field(examples=[12840])
+    vectors: int = Field(examples=[12840], description="vectors in CLIP's index")
+    spaces: dict[str, int] = Field(
+        default_factory=dict,
+        description="vectors in each enabled space's index",
+        examples=[{"clip": 12840, "imagebind": 12990}],
+    )
 
 
 class Stats(BaseModel):

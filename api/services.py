@@ -43,7 +43,7 @@ class ApiConfig:
 class Services:
     config: ApiConfig
     catalog: Catalog
-    engine: SearchEngine
+    engines: dict[str, SearchEngine]  # one per enabled space, clip first
     # Built on first use (the ImageNet prompts take a while on first use, then come
     # from the disk cache); the factory is called once, under the model gate.
     classifier_factory: Callable[[], Any]
@@ -66,10 +66,17 @@ class Services:
         # kept (the model is fixed for the life of the server), so a page 2 or a
         # popular query costs a FAISS search, not a forward pass.
         self._text_cache = functools.lru_cache(maxsize=2048)(self._embed_text)
-        self.texts = TextBatcher(self.engine.embedder.embed_texts, self.gate)
+        self.texts = {name: TextBatcher(e.embedder.embed_texts, self.gate)
+                      for name, e in self.engines.items()}  # fmt: skip
 
-    def _embed_text(self, text: str) -> tuple[np.ndarray, str]:
-        vec, words = self.engine.text_vector(text, self.config.negative_weight, embed=self.texts)
+    @property
+    def engine(self) -> SearchEngine:
+        """CLIP's engine: pictures by text or picture, similar items, browsing."""
+        return self.engines["clip"]
+
+    def _embed_text(self, text: str, space: str) -> tuple[np.ndarray, str]:
+        engine = self.engines[space]
+        vec, words = engine.text_vector(text, self.config.negative_weight, embed=self.texts[space])
         vec.setflags(write=False)  # shared by every request that asks the same
         return vec, words
 
@@ -78,14 +85,23 @@ class Services:
         with self.gate:
             yield
 
-    def text_vector(self, text: str, image: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    def text_vector(
+        self, text: str, image: np.ndarray | None = None, space: str = "clip"
+    ) -> tuple[np.ndarray, str]:
         if image is None:
-            return self._text_cache(text)
-        return self.engine.text_vector(text, self.config.negative_weight, image, self.texts)
+            return self._text_cache(text, space)
+        engine = self.engines[space]
+        return engine.text_vector(text, self.config.negative_weight, image, self.texts[space])
 
-    def image_vector(self, image: Image.Image) -> np.ndarray:
+    def image_vector(self, image: Image.Image, space: str = "clip") -> np.ndarray:
         with self.model():
-            return np.asarray(self.engine.embedder.embed_images([image])[0], dtype=np.float32)
+            emb = self.engines[space].embedder
+            return np.asarray(emb.embed_images([image])[0], dtype=np.float32)
+
+    def audio_vector(self, waveform: np.ndarray, space: str = "imagebind") -> np.ndarray:
+        with self.model():
+            emb: Any = self.engines[space].embedder
+            return np.asarray(emb.embed_audio([waveform])[0], dtype=np.float32)
 
     def classifier(self) -> Any:
         with self.model():

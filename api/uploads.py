@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from api.errors import ApiError
+from indexer.audio import DecodedAudio, decode_audio
 from indexer.media import Limits, MediaError, decode_image
+from indexer.sniff import sniff_audio
 
 # Audio containers by their first bytes, for telling "a sound" from "not media at all".
 _AUDIO_MAGIC = (
@@ -81,3 +83,20 @@ def decode_upload_image(
     except MediaError as exc:
         raise ApiError(422, f"cannot decode the image: {exc}") from exc
     return UploadedImage(decoded.image, decoded.format)
+
+
+def decode_upload_audio(data: bytes, limits: Limits, rate: int) -> DecodedAudio:
+    """A recording, decoded to mono at rate; 415 for what is not a sound we decode, 422
+    for a sound that is damaged, empty or over the limits."""
+    kind = sniff(data)
+    if kind != "audio":
+        raise ApiError(415, f"this endpoint takes a sound recording; the upload is {kind}")
+    if sniff_audio(data[:64]) is None:
+        # WebM and MP4/M4A: browsers record those, libsndfile does not read them. The web
+        # page converts its recordings to WAV before sending.
+        raise ApiError(415, "this sound container (WebM, MP4/M4A) is not decoded here: "
+                       "send WAV, FLAC, Ogg (Vorbis, Opus) or MP3")  # fmt: skip
+    try:
+        return decode_audio(data, limits, rate)
+    except MediaError as exc:
+        raise ApiError(422, f"cannot decode the recording: {exc}") from exc

@@ -71,10 +71,12 @@ class Browse:
         with self.Session() as s:
             for i in range(0, len(item_ids), 500):
                 rows = s.execute(
-                    select(Item.id, Item.kind, Item.width, Item.height, Item.taken_at)
+                    select(Item.id, Item.kind, Item.width, Item.height, Item.taken_at,
+                           Item.duration_s)
                     .where(Item.id.in_(item_ids[i : i + 500]))
                 )  # fmt: skip
-                for item_id, kind, w, h, taken in rows:
+                for item_id, kind, w, h, taken, dur in rows:
                     out[item_id] = {"kind": kind, "width": w, "height": h,
-                                    "taken_at": taken.isoformat() if taken else None}  # fmt: skip
+                                    "taken_at": taken.isoformat() if taken else None,
+                                    "duration_s": dur}  # fmt: skip
         return out

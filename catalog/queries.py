@@ -166,6 +166,10 @@ class Catalog:
                 out.update(s.execute(select(Item.id, Item.kind).where(Item.id.in_(chunk))).all())
             return out
 
+    def item_ids_of_kind(self, kind: str) -> list[int]:
+        with self.Session() as s:
+            return list(s.scalars(select(Item.id).where(Item.kind == kind)))
+
     def item_exists(self, item_id: int) -> bool:
         with self.Session() as s:
             return s.get(Item, item_id) is not None

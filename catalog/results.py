@@ -44,6 +44,7 @@ class StageOutput:
     detections: list[Detection] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)
-    # An embedding stage's vector (float32 bytes, L2-normalised) in this space.
+    # An embedding stage's vectors in this space (float32 bytes, L2-normalised), by the
+    # model id that made each: the active model's, and a backfilling model's.
     space: str | None = None
-    vector: bytes | None = None
+    vectors: dict[str, bytes] = field(default_factory=dict)

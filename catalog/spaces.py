@@ -9,7 +9,7 @@ switched to explicitly, so search never degrades while a new model catches up.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,18 @@ class SpaceBook:
                 .where(Item.kind.in_(kinds))
             ) or 0  # fmt: skip
         return int(have), int(total)
+
+    def have(self, space: str, model_id: str, item_ids: Sequence[int]) -> set[int]:
+        """Which of these items have this model's vector."""
+        if not item_ids:
+            return set()
+        with self.Session() as s:
+            return set(s.scalars(
+                select(Embedding.item_id).where(
+                    Embedding.space == space, Embedding.model_id == model_id,
+                    Embedding.item_id.in_(list(item_ids)),
+                )
+            ))  # fmt: skip
 
     def models(self) -> list[tuple[str, str, int]]:
         """(space, model id, vectors) for every model with stored vectors."""

@@ -150,8 +150,9 @@ class StageBook:
                 if item_id not in alive:
                     continue
                 s.add_all(_rows(item_id, stage, model_id, out))
-                if out.vector is not None and out.space:
-                    self._put_vector(s, item_id, out.space, model_id, out.vector)
+                for vec_model, vector in out.vectors.items():
+                    assert out.space, "an output with vectors names its space"
+                    self._put_vector(s, item_id, out.space, vec_model, vector)
                 self._status(s, item_id, stage, model_id, None)
             for item_id, error in failures.items():
                 if item_id in alive:

@@ -287,7 +287,7 @@ def _stage_progress(parts: Any) -> dict[str, Any]:
         "model_id": emb.model_id,
         **parts.catalog.stages.progress("embed/clip", emb.model_id, ["image"], 1),
     }
-    for name in s.stages:
+    for name in parts.stage_names():
         try:
             stage = parts.stage(name)
             out[name] = {
@@ -314,11 +314,12 @@ def enrich(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Run enrichment stages on every item that still needs them (backfill)."""
+    """Run the spaces' embedding stages (ImageBind, a model backfilling) and the enrichment
+    stages on every item that still needs them (backfill)."""
     parts = _parts()
     hold_writer(ctx, parts, "enrich")
-    names = stage or parts.settings.stages
     try:
+        names = stage or parts.stage_names()  # embed stages of the spaces, then enrichment
         runner = parts.stage_runner(names)
     except (ValueError, ImportError) as exc:
         raise _fail_config(exc) from exc
@@ -327,6 +328,7 @@ def enrich(
             parts.catalog.stages.retry_failed(name)
     started = time.monotonic()
     stats = _backfill_with_progress(runner, quiet=as_json)
+    runner.save_indexes()
     summary = {
         "done": stats.done, "failed": stats.failed, "unavailable": stats.unavailable,
         "seconds": round(time.monotonic() - started, 3),
@@ -377,7 +379,7 @@ def main() -> None:
 
 
 # Commands that live in their own modules register on `app` when imported.
-from everlook import cli_search, cli_serve  # noqa: E402, F401
+from everlook import cli_search, cli_serve, cli_spaces  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -46,6 +46,9 @@ def _date(value: str | None, name: str) -> datetime | None:
 def search(
     text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
     image: Annotated[Path | None, Opt("--image", help="Find images like this file.")] = None,
+    audio: Annotated[
+        Path | None, Opt("--audio", help="Find what goes with this recording (ImageBind).")
+    ] = None,
     like: Annotated[
         str | None, Opt("--like", help="Find images like this indexed path or item id.")
     ] = None,
@@ -67,24 +70,34 @@ def search(
     label: Annotated[
         list[str] | None, Opt("--label", help="A stored label, e.g. an ImageNet class.")
     ] = None,
-    kind: Annotated[str | None, Opt("--kind", help="image or audio.")] = None,
+    kind: Annotated[
+        str | None, Opt("--kind", help="image or audio (default: images; both for --audio).")
+    ] = None,
+    space: Annotated[
+        str | None, Opt("--space", help="clip or imagebind (default: by query and --kind).")
+    ] = None,
     after: Annotated[str | None, Opt("--after", help="Taken on/after (else file time).")] = None,
     before: Annotated[str | None, Opt("--before", help="Taken before this date.")] = None,
     camera: Annotated[str | None, Opt("--camera", help="Camera make/model contains.")] = None,
     path_glob: Annotated[str | None, Opt("--path-glob", help="Path matches this glob.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print results as JSON.")] = False,
 ) -> None:
-    """Search by text, an image file (--image) or an indexed item (--like), narrowed by
-    filters; with filters alone, list the matching items."""
-    given = sum(x is not None for x in (text, image, like))
+    """Search by text, an image file (--image), a recording (--audio) or an indexed item
+    (--like), narrowed by filters; with filters alone, list the matching items. Text and
+    pictures find pictures through CLIP; sounds (--audio, --kind audio) go through
+    ImageBind."""
+    given = sum(x is not None for x in (text, image, audio, like))
     if kind is not None and kind not in ("image", "audio"):
         err.print(f"[red]error:[/red] --kind must be image or audio, not {kind!r}")
+        raise typer.Exit(EXIT_USAGE)
+    if space is not None and space not in ("clip", "imagebind"):
+        err.print(f"[red]error:[/red] --space must be clip or imagebind, not {space!r}")
         raise typer.Exit(EXIT_USAGE)
     filtered = any((has, tag, style, label, kind, after, before, camera, path_glob))
     if given > 1 or (given == 0 and not filtered):
         err.print(
-            "[red]error:[/red] give one of TEXT, --image FILE or --like PATH_OR_ID, "
-            "or filters alone"
+            "[red]error:[/red] give one of TEXT, --image FILE, --audio FILE or --like "
+            "PATH_OR_ID, or filters alone"
         )
         raise typer.Exit(EXIT_USAGE)
     when = _date(after, "--after"), _date(before, "--before")
@@ -92,8 +105,8 @@ def search(
     # nor torch, so the whole command takes a fraction of a second.
     wire = {"q": text, "min_score": min_score, "min_style": min_style, "has": has, "tag": tag,
             "style": style, "label": label, "kind": kind, "after": after, "before": before,
-            "camera": camera, "path_glob": path_glob}  # fmt: skip
-    remote = _from_server(_settings(), wire, image, like, k)
+            "camera": camera, "path_glob": path_glob, "space": space}  # fmt: skip
+    remote = _from_server(_settings(), wire, image, audio, like, k)
     if remote is not None:
         _print(remote, as_json)
         return
@@ -102,6 +115,7 @@ def search(
     from indexer.media import MediaError, decode_image, read_file
     from search.embedders import ModelUnavailable
     from search.present import result_rows
+    from search.spaces import NoSpace, pick
 
     parts = _parts()
     s = parts.settings
@@ -112,8 +126,10 @@ def search(
         min_artwork=s.artwork_min_score, labels=list(label or []), kind=kind,
         after=when[0], before=when[1], camera=camera, path_glob=path_glob,
     )  # fmt: skip
-    engine = parts.engine()
     try:
+        item = resolve_item(parts, like) if like is not None else None
+        modality = _modality(parts, text, image, audio, item)
+        engine = parts.engines()[pick(parts.spaces, modality, kind, space).name]
         if text is not None:
             hits = engine.by_text(text, k, min_score, filters, s.negative_weight)
         elif image is not None:
@@ -124,18 +140,45 @@ def search(
                 err.print(f"[red]error:[/red] cannot use {image} as a query: {exc}")
                 raise typer.Exit(EXIT_USAGE) from exc
             hits = engine.by_image(decoded.image, k, min_score, filters)
-        elif like is not None:
-            hits = engine.by_item(resolve_item(parts, like), k, min_score, filters)
+        elif audio is not None:
+            hits = engine.by_audio(_read_sound(parts, audio), k, min_score, filters)
+        elif item is not None:
+            hits = engine.by_item(item, k, min_score, filters)
         else:
             hits = engine.by_filters(filters, k)
-    except (ModelUnavailable, LookupError) as exc:
+    except (ModelUnavailable, LookupError, NoSpace) as exc:
         raise _fail_config(exc) from exc
     _print(result_rows(parts.catalog, hits, s.artwork_min_score), as_json)
 
 
+def _modality(parts: Any, text: Any, image: Any, audio: Any, item: int | None) -> str:
+    """What the query is: text, a picture or a sound (an item is what its kind is)."""
+    if audio is not None:
+        return "audio"
+    if image is not None:
+        return "image"
+    if item is not None:
+        return "audio" if parts.catalog.items_of_kind([item]).get(item) == "audio" else "image"
+    return "text"
+
+
+def _read_sound(parts: Any, path: Path) -> Any:
+    from indexer.audio import decode_audio
+    from indexer.media import MediaError, read_file
+    from indexer.stages import AUDIO_RATE
+
+    try:
+        return decode_audio(read_file(str(path), parts.limits()).data, parts.limits(),
+                            AUDIO_RATE).samples  # fmt: skip
+    except MediaError as exc:
+        err.print(f"[red]error:[/red] cannot use {shown(str(path))} as a query: {exc}")
+        raise typer.Exit(EXIT_USAGE) from exc
+
+
 def _from_server(
-    s: Any, params: dict[str, Any], image: Path | None, like: str | None, k: int
-) -> list[dict[str, Any]] | None:
+    s: Any, params: dict[str, Any], image: Path | None, audio: Path | None, like: str | None,
+    k: int,
+) -> list[dict[str, Any]] | None:  # fmt: skip
     """The rows from a running `everlook serve` on this data dir, if one answers (the
     same rows as in-process: the server runs the same engine and result_rows)."""
     from everlook import remote
@@ -149,8 +192,9 @@ def _from_server(
             is_id = like.isdigit() and not os.path.exists(like)
             params["like"] = int(like) if is_id else resolve_item(_parts(), like)
         token = s.api_token.get_secret_value() if s.api_token else None
+        upload = ("image", image) if image is not None else ("audio", audio) if audio else None
         rows = remote.search(url, token, {k: v for k, v in params.items() if v is not None},
-                             k, image)  # fmt: skip
+                             k, upload)  # fmt: skip
     except (LookupError, remote.ServerSaid, OSError) as exc:
         raise _fail_config(exc) from exc
     return rows
@@ -169,6 +213,9 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
     print(f"{'#':>3}  {'score':>7}  {'id':>{width}}  path")
     for r in rows:
         extra = f"  (+{len(r['paths']) - 1} more)" if len(r["paths"]) > 1 else ""
+        if r.get("kind") == "audio":
+            dur = r.get("duration_s")
+            extra = f"  [sound{f', {dur:.1f} s' if dur is not None else ''}]{extra}"
         path = shown(r["path"]) if r["path"] else "?"
         score = "      -" if r["score"] is None else f"{r['score']:>7.4f}"
         print(f"{r['rank']:>3}  {score}  {r['item_id']:>{width}}  {path}{extra}")

@@ -20,8 +20,9 @@ class ServerSaid(Exception):
 
 
 def search(
-    url: str, token: str | None, params: dict[str, Any], k: int, image: Path | None
-) -> list[dict[str, Any]] | None:
+    url: str, token: str | None, params: dict[str, Any], k: int,
+    upload: tuple[str, Path | None] | None = None,
+) -> list[dict[str, Any]] | None:  # fmt: skip
     """Result rows as `everlook search --json` prints them, or None when the server
     cannot be reached (the caller then answers in-process)."""
     import httpx
@@ -29,7 +30,8 @@ def search(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     rows: list[dict[str, Any]] = []
     cursor: str | None = None
-    data = image.read_bytes() if image is not None else None
+    kind, path = upload if upload is not None else ("", None)
+    data = path.read_bytes() if path is not None else None  # "image" or "audio" search
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
             while len(rows) < k:
@@ -37,7 +39,7 @@ def search(
                 if cursor:
                     q["cursor"] = cursor
                 if data is not None:
-                    r = client.post("/api/search/image", params=q, files={"file": data})
+                    r = client.post(f"/api/search/{kind}", params=q, files={"file": data})
                 else:
                     r = client.get("/api/search", params=q)
                 if r.status_code in (413, 503):
@@ -56,7 +58,8 @@ def search(
         log.info("the server at %s did not answer (%s); searching in-process", url, exc)
         return None
     for row in rows:
-        row.pop("thumbnail", None)  # the API's link; not part of the CLI's rows
+        row.pop("thumbnail", None)  # the API's links; not part of the CLI's rows
+        row.pop("file", None)
     return rows
 
 

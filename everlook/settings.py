@@ -15,6 +15,8 @@ IMAGE_GLOBS = [
     "*.jpg", "*.jpeg", "*.jpe", "*.png", "*.gif", "*.webp", "*.tif", "*.tiff", "*.bmp",
     "*.heic", "*.heif", "*.avif", "*.mpo",
 ]  # fmt: skip
+AUDIO_GLOBS = ["*.wav", "*.flac", "*.ogg", "*.oga", "*.opus", "*.mp3", "*.aif", "*.aiff"]
+SPACES = ("clip", "imagebind")
 
 
 def _default_home() -> Path:
@@ -55,7 +57,7 @@ class Settings(BaseSettings):
         default=200 * 1024 * 1024, ge=1, description="Files larger than this are refused."
     )
     include: list[str] = Field(
-        default_factory=lambda: list(IMAGE_GLOBS),
+        default_factory=lambda: [*IMAGE_GLOBS, *AUDIO_GLOBS],
         description="Glob patterns of file names to index (case-insensitive).",
     )
     exclude: list[str] = Field(
@@ -73,6 +75,27 @@ class Settings(BaseSettings):
     )
     index_save_every: int = Field(
         default=2000, ge=1, description="Save the vector index after this many new vectors."
+    )
+
+    spaces: list[str] = Field(
+        default_factory=lambda: ["clip"],
+        description="Embedding spaces to keep (JSON list): clip (pictures, text), imagebind "
+        "(pictures, sound, text; needed for audio items). Adding one backfills it; removing "
+        "one stops it and keeps its vectors until `everlook db prune`.",
+    )
+    imagebind_model: str = Field(
+        default="imagebind_huge", description="ImageBind model: imagebind_huge, a name with "
+        "a config under model_dir/imagebind, or a path to a .pth file.",
+    )  # fmt: skip
+    audio_clips: int = Field(
+        default=3, ge=1, le=32, description="2-second clips spread over a recording that "
+        "ImageBind embeds (their mean is the recording's vector).",
+    )  # fmt: skip
+    max_audio_seconds: float = Field(
+        default=3600.0, gt=0.0, description="Longer recordings are refused (from the header)."
+    )
+    max_audio_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1, description="Audio files larger than this are refused."
     )
 
     stages: list[str] = Field(
@@ -162,6 +185,21 @@ class Settings(BaseSettings):
                 "long random string, e.g. `openssl rand -hex 24`, or unset it"
             )
         return value
+
+    @field_validator("spaces", mode="after")
+    @classmethod
+    def _known_spaces(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in SPACES]
+        if unknown:
+            raise ValueError(f"unknown space(s) {unknown}; known: {', '.join(SPACES)}")
+        if "clip" not in value:
+            # Pictures become searchable through CLIP the moment they are indexed, and the
+            # style, labels and zero-shot features read CLIP vectors: it is the base space.
+            raise ValueError(
+                "EVERLOOK_SPACES must include clip (the base space); add "
+                'imagebind beside it, e.g. \'["clip", "imagebind"]\''
+            )
+        return list(dict.fromkeys(value))
 
     @field_validator("home", mode="after")
     @classmethod

@@ -17,6 +17,7 @@ from search import embedders
 from search.embedders import Embedder
 from search.engine import SearchEngine
 from search.index_sync import VectorIndex
+from search.spaces import Space
 from search.vectors import IndexInfo
 
 
@@ -36,37 +37,84 @@ class Parts:
     def catalog(self) -> Catalog:
         return open_catalog(self.settings)
 
+    # ---- spaces ---------------------------------------------------------------------
     @cached_property
-    def embedder(self) -> Embedder:
-        s = self.settings
-        return embedders.create(
-            "clip", model_name=s.clip_model, pretrained=s.clip_pretrained,
-            model_dir=s.model_dir, device=s.device,
-        )  # fmt: skip
+    def spaces(self) -> dict[str, Space]:
+        """The enabled spaces, clip first: each with its active model and index, and the
+        newly configured model when it differs (it backfills until switched to)."""
+        return {name: self._space(name) for name in self.settings.spaces}
 
-    @cached_property
-    def index(self) -> VectorIndex:
-        emb = self.embedder
+    def _space(self, name: str) -> Space:
+        args = self.embedder_args(name)
+        configured = self.build_embedder(name, args)
+        active = self.catalog.spaces.activate_if_new(name, configured.model_id, args)
+        if active.model_id == configured.model_id:
+            emb, target = configured, None
+        else:
+            emb, target = self.build_embedder(name, active.args), configured
         info = IndexInfo(model_id=emb.model_id, dim=emb.dim)
-        path = self.settings.index_dir / f"{emb.space}.faiss"
-        return VectorIndex(self.catalog, "faiss", path, emb.space, info)
+        path = self.settings.index_dir / f"{name}.faiss"
+        return Space(name, emb, VectorIndex(self.catalog, "faiss", path, name, info), target)
+
+    def embedder_args(self, space: str) -> dict[str, Any]:
+        """What the settings ask of a space's model (stored with the active model, so it
+        can be built again after the settings move on to another)."""
+        s = self.settings
+        if space == "clip":
+            return {"model_name": s.clip_model, "pretrained": s.clip_pretrained}
+        if space == "imagebind":
+            return {"model_name": s.imagebind_model, "audio_clips": s.audio_clips}
+        raise ValueError(f"unknown space {space!r}")
+
+    def build_embedder(self, space: str, args: dict[str, Any]) -> Embedder:
+        s = self.settings
+        extra = {"cache_dir": s.models_cache / "imagebind"} if space == "imagebind" else {}
+        return embedders.create(space, **args, model_dir=s.model_dir, device=s.device, **extra)
+
+    @property
+    def embedder(self) -> Embedder:
+        """CLIP's active model: pictures are embedded inline with it."""
+        return self.spaces["clip"].embedder
+
+    @property
+    def index(self) -> VectorIndex:
+        return self.spaces["clip"].index
+
+    def embed_stages(self) -> list[Stage]:
+        """embed/<space> for every space but CLIP's active model (which the pipeline runs
+        inline), and for any space's model that is backfilling."""
+        from indexer.embed_stage import EmbedStage
+
+        out: list[Stage] = []
+        for name, sp in self.spaces.items():
+            models: list[tuple[Embedder, VectorIndex | None]] = []
+            if name != "clip":
+                models.append((sp.embedder, sp.index))
+            if sp.target is not None:
+                models.append((sp.target, None))
+            if models:
+                out.append(EmbedStage(name, models, self.catalog.spaces.have))
+        return out
+
+    def stage_names(self) -> list[str]:
+        return [st.name for st in self.embed_stages()] + list(self.settings.stages)
 
     def pipeline(self, rules: ScanRules | None = None, inline_stages: bool = True) -> Pipeline:
         s = self.settings
         opts = PipelineOptions(
-            limits=Limits(max_pixels=s.max_pixels, max_file_bytes=s.max_file_bytes),
+            limits=self.limits(),
             rules=rules or ScanRules(s.include, s.exclude, s.include_hidden),
             batch_size=s.batch_size, workers=s.decode_workers, draft=s.draft_decode,
             save_every=s.index_save_every,
         )  # fmt: skip
-        runner = self.stage_runner() if s.stages else None
+        runner = self.stage_runner() if self.stage_names() else None
         return Pipeline(self.embedder, self.index, self.catalog, opts, runner, inline_stages)
 
     def stage_runner(self, names: Sequence[str] | None = None) -> StageRunner:
         """The enrichment stages named (default: the enabled ones), ready to run. Nothing
         loads here: each model loads on its first batch."""
         s = self.settings
-        stages = [self.stage(n) for n in (s.stages if names is None else names)]
+        stages = [self.stage(n) for n in (self.stage_names() if names is None else names)]
         return StageRunner(
             stages, self.catalog, self.limits(), max_attempts=s.stage_max_attempts,
             batch_size=min(s.batch_size, 16), workers=s.decode_workers or 2,
@@ -77,6 +125,14 @@ class Parts:
         from indexer import stages
 
         s = self.settings
+        if name.startswith("embed/"):
+            for st in self.embed_stages():
+                if st.name == name:
+                    return st
+            raise ValueError(
+                f"{name}: the {name[6:]} space is not enabled or has nothing to "
+                "backfill (EVERLOOK_SPACES)"
+            )
         if name == "detect/yolo":
             from enrich.detect import YoloDetector, configure_ultralytics
 
@@ -146,9 +202,9 @@ class Parts:
         from api.services import ApiConfig, Services
 
         s = self.settings
-        index = self.index
-        index.open()
-        index.read_only = watcher is None  # the writer owns the index file
+        for sp in self.spaces.values():
+            sp.index.open()
+            sp.index.read_only = watcher is None  # the writer owns the index file
         config = ApiConfig(
             thumbs_dir=s.home / "cache" / "thumbs",
             roots=tuple(os.path.realpath(r) for r in roots),
@@ -159,7 +215,7 @@ class Parts:
             has_min_confidence=s.has_min_confidence, style_min_score=s.style_min_score,
             artwork_min_score=s.artwork_min_score, refresh_seconds=s.index_refresh_seconds,
         )  # fmt: skip
-        return Services(config, self.catalog, self.engine(), self.classifier, watcher)
+        return Services(config, self.catalog, self.engines(), self.classifier, watcher)
 
     def query_draft_side(self) -> int | None:
         """How query images are decoded: like indexed ones (JPEG draft at twice the model
@@ -169,10 +225,17 @@ class Parts:
     def engine(self) -> SearchEngine:
         return SearchEngine(self.embedder, self.index, self.catalog)
 
+    def engines(self) -> dict[str, SearchEngine]:
+        """One search engine per enabled space (its active model and index)."""
+        return {n: SearchEngine(sp.embedder, sp.index, self.catalog)
+                for n, sp in self.spaces.items()}  # fmt: skip
+
     def limits(self) -> Limits:
+        s = self.settings
         return Limits(
-            max_pixels=self.settings.max_pixels, max_file_bytes=self.settings.max_file_bytes
-        )
+            max_pixels=s.max_pixels, max_file_bytes=s.max_file_bytes,
+            max_audio_seconds=s.max_audio_seconds, max_audio_bytes=s.max_audio_bytes,
+        )  # fmt: skip
 
 
 def panoptic_family(backend: str) -> str:

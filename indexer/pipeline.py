@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from catalog import Catalog, KnownPath, NewItem
+from indexer.audio import decode_audio
 from indexer.media import Limits, MediaError, decode_image, read_file
 from indexer.scan import Found, Problem, ScanRules, check_file, scan
-from indexer.stages import StageRunner, Work, shrink
+from indexer.sniff import sniff_audio
+from indexer.stages import AUDIO_RATE, StageRunner, Work, shrink
 from search.embedders import Embedder, ModelUnavailable
 from search.index_sync import VectorIndex
 
@@ -66,8 +68,9 @@ class _Prepared:
     found: Found
     sha256: str = ""
     size: int = 0
-    tensor: Any = None
+    tensor: Any = None  # a picture, prepared for the CLIP model
     image: Any = None  # the decoded picture, kept for enrichment stages of this batch
+    audio: Any = None  # an audio item's waveform (AUDIO_RATE, mono), for its embed stage
     item: NewItem | None = None
     error: str | None = None
     attach: bool = False  # content already embedded: only record the path
@@ -116,6 +119,8 @@ class Pipeline:
             if known is not None and known in self._embedded:
                 out.attach = True
                 return out
+            if sniff_audio(raw.data[:64]):
+                return self._prepare_audio(out, raw.data, found)
             decoded = decode_image(raw.data, self.opts.limits, draft_side)
             out.tensor = self.embedder.preprocess(decoded.image)
             if self.inline_stages and self.stages is not None and self.stages.image_side:
@@ -132,6 +137,20 @@ class Pipeline:
             raise  # the model, not this file, is the problem: stop the run
         except Exception as exc:  # a decoder bug must not stop the run
             out.error = f"unexpected error: {type(exc).__name__}: {exc}"
+        return out
+
+    def _prepare_audio(self, out: _Prepared, data: bytes, found: Found) -> _Prepared:
+        """A sound: catalogued now (kind audio: CLIP does not take it), embedded by the
+        spaces that take audio in their stage (ImageBind)."""
+        got = decode_audio(data, self.opts.limits, AUDIO_RATE)
+        if self.inline_stages and self.stages is not None and self.stages.takes("audio"):
+            out.audio = got.samples
+        out.item = NewItem(
+            sha256=out.sha256, kind="audio", size_bytes=out.size, path=found.path,
+            mtime_ns=found.mtime_ns, format=got.format,
+            meta={"duration_s": round(got.duration_s, 3), "sample_rate": got.sample_rate,
+                  "channels": got.channels},
+        )  # fmt: skip
         return out
 
     # ---- the runs --------------------------------------------------------------------
@@ -154,7 +173,7 @@ class Pipeline:
         self._work(todo, known, {known[p].item_id for p in gone}, report, progress)
         self._finish(problems, gone, report)
         self.catalog.forget_failures_under(roots, keep=seen)
-        self.index.save()
+        self.save_indexes()
         return report
 
     def run_files(self, paths: Sequence[str], removed_dirs: Sequence[str] = ()) -> Report:
@@ -184,14 +203,22 @@ class Pipeline:
         self._finish(problems, gone, report)
         return report
 
+    def save_indexes(self) -> None:
+        """Save CLIP's index and those of the other spaces (kept by their stages)."""
+        self.index.save()
+        if self.stages is not None:
+            self.stages.save_indexes()
+
     def _begin(self) -> None:
         _ = self.index.store  # opens the index and reconciles it with the catalog
         # Duplicate detection is per run: content seen in an earlier run may have been
         # deleted since, and a watcher's pipeline lives for weeks.
         self._claimed = set()
+        # Items that need nothing from this pipeline: pictures with the CLIP vector of
+        # the active model, and sounds (their vectors come from their spaces' stages).
         self._embedded = set(
             self.catalog.embedding_ids(self.embedder.space, self.embedder.model_id)
-        )
+        ) | set(self.catalog.item_ids_of_kind("audio"))
 
     def _sort(
         self, got: Found, known: dict[str, KnownPath], todo: list[Found], report: Report
@@ -213,6 +240,8 @@ class Pipeline:
         removed_items += self.catalog.prune_orphans()
         if removed_items:
             self.index.remove(removed_items)
+            if self.stages is not None:
+                self.stages.remove_from_indexes(removed_items)
 
     def _work(
         self,
@@ -237,23 +266,18 @@ class Pipeline:
         def flush() -> None:
             nonlocal added_since_save
             if batch:
-                vecs = self.embedder.embed_preprocessed([p.tensor for p in batch])
-                for p, v in zip(batch, vecs, strict=True):
-                    assert p.item is not None
-                    p.item.vector = np.asarray(v, dtype=np.float32).tobytes()
+                self._embed_pictures(batch)
                 ids = self._store(batch, failures, report)
-                kept = [(p, v) for p, v in zip(batch, vecs, strict=True) if p.sha256 in ids]
-                batch[:] = [p for p, _ in kept]
-                vecs = np.stack([v for _, v in kept]) if kept else vecs[:0]
-                id_arr = np.array([ids[p.sha256] for p in batch], dtype=np.int64)
-                if len(id_arr):
-                    self.index.add(id_arr, vecs)
-                self._embedded.update(int(i) for i in id_arr)
-                if self.inline_stages and self.stages is not None and len(id_arr):
-                    self.stages.run_batch([
-                        Work(int(i), "image", image=p.image, vector=v)
-                        for i, p, v in zip(id_arr, batch, vecs, strict=True)
-                    ])  # fmt: skip
+                batch[:] = [p for p in batch if p.sha256 in ids]
+                pictures = [p for p in batch if p.item is not None and p.item.vector]
+                if pictures:
+                    self.index.add(
+                        np.array([ids[p.sha256] for p in pictures], dtype=np.int64),
+                        np.stack([np.frombuffer(p.item.vector, np.float32) for p in pictures]),
+                    )  # fmt: skip
+                self._embedded.update(ids[p.sha256] for p in batch)
+                if self.inline_stages and self.stages is not None and batch:
+                    self.stages.run_batch([self._stage_work(ids[p.sha256], p) for p in batch])
                 for p in batch:
                     if p.found.path in known:
                         report.changed += 1
@@ -266,7 +290,7 @@ class Pipeline:
                 self.catalog.record_failures(failures)
                 failures.clear()
             if added_since_save >= self.opts.save_every:
-                self.index.save()
+                self.save_indexes()
                 added_since_save = 0
 
         if not todo:
@@ -297,6 +321,22 @@ class Pipeline:
                 if progress:
                     progress(done, len(todo))
             flush()
+
+    def _embed_pictures(self, batch: list[_Prepared]) -> None:
+        pictures = [p for p in batch if p.tensor is not None]
+        if pictures:
+            vecs = self.embedder.embed_preprocessed([p.tensor for p in pictures])
+            for p, v in zip(pictures, vecs, strict=True):
+                assert p.item is not None
+                p.item.vector = np.asarray(v, dtype=np.float32).tobytes()
+
+    @staticmethod
+    def _stage_work(item_id: int, p: _Prepared) -> Work:
+        assert p.item is not None
+        if p.item.kind == "audio":
+            return Work(item_id, "audio", audio=p.audio)
+        vector = np.frombuffer(p.item.vector, dtype=np.float32)
+        return Work(item_id, "image", image=p.image, vector=vector)
 
     def _store(
         self, batch: list[_Prepared], failures: list[tuple[str, str]], report: Report

@@ -21,27 +21,35 @@ from PIL import Image
 
 from catalog import Catalog
 from catalog.results import StageOutput
+from indexer.audio import decode_audio
 from indexer.media import Limits, MediaError, decode_image, printable, read_file
 from search.model_base import ModelUnavailable
 
 log = logging.getLogger("everlook.stages")
 
+PIXELS = ("image", "media")  # stages that look at the decoded picture
+AUDIO_RATE = 16_000  # Hz: what ImageBind's audio tower takes (the only audio model)
+
 
 @dataclass
 class Work:
-    """One item handed to a stage: its picture and/or its CLIP vector, as the stage needs."""
+    """One item handed to a stage: its picture, its sound (mono float32 waveform at
+    AUDIO_RATE) and/or its CLIP vector, as the stage needs."""
 
     item_id: int
     kind: str = "image"
     image: Image.Image | None = None
     vector: np.ndarray | None = None
+    audio: np.ndarray | None = None
 
 
 @runtime_checkable
 class Stage(Protocol):
     name: str  # "detect/yolo", "panoptic", "style", "labels"
     kinds: frozenset[str]  # item kinds it takes
-    needs: str  # "image" (decoded RGB picture) or "clip" (the item's CLIP vector)
+    # "image" (decoded RGB picture), "clip" (the item's CLIP vector) or "media" (the
+    # picture or the sound, by the item's kind)
+    needs: str
     image_side: int  # long side the picture must keep for this stage (0: no pixels)
 
     @property
@@ -116,7 +124,11 @@ class StageRunner:
     @property
     def image_side(self) -> int:
         """Long side a decoded picture must keep for every enabled image stage."""
-        return max((s.image_side for s in self.live("image")), default=0)
+        return max((s.image_side for s in self.live() if s.needs in PIXELS), default=0)
+
+    def takes(self, kind: str) -> bool:
+        """Whether a live stage works on items of this kind."""
+        return any(kind in s.kinds for s in self.live())
 
     def live(self, needs: str | None = None) -> list[Stage]:
         return [
@@ -153,7 +165,23 @@ class StageRunner:
                 return self._unavailable(stage, exc)
             model_id = stage.model_id
         self.catalog.stages.save(stage.name, model_id, outputs, failures)
+        after_save = getattr(stage, "after_save", None)
+        if after_save is not None and outputs:
+            after_save(outputs)  # e.g. vectors into the space's index, once stored
         self.stats.add(stage.name, len(outputs), len(failures))
+
+    def remove_from_indexes(self, item_ids: Sequence[int]) -> None:
+        for stage in self.stages:
+            remove = getattr(stage, "remove", None)
+            if remove is not None:
+                remove(item_ids)
+
+    def save_indexes(self) -> None:
+        """Save the vector indexes stages keep (a space's index besides CLIP's)."""
+        for stage in self.stages:
+            save = getattr(stage, "save", None)
+            if save is not None:
+                save()
 
     def _unavailable(self, stage: Stage, exc: ModelUnavailable) -> None:
         # A configuration problem, not the items': this stage stops for the run, the
@@ -243,13 +271,18 @@ class StageRunner:
             return [Work(i, kinds.get(i, "image"), vector=vecs[i]) for i in ids if i in vecs]
         paths = self.catalog.paths_for(ids)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            got = list(pool.map(lambda i: self._decode(i, paths.get(i, [])), ids))
+            got = list(pool.map(
+                lambda i: self._decode(i, kinds.get(i, "image"), paths.get(i, [])), ids
+            ))  # fmt: skip
         works, failures = [], {}
         for item_id, res in zip(ids, got, strict=True):
+            kind = kinds.get(item_id, "image")
             if isinstance(res, str):
                 failures[item_id] = res
+            elif kind == "audio":
+                works.append(Work(item_id, kind, audio=res))
             else:
-                works.append(Work(item_id, kinds.get(item_id, "image"), image=res))
+                works.append(Work(item_id, kind, image=res))
         if failures:
             self.catalog.stages.save(stage.name, stage.model_id, {}, failures)
             self.stats.add(stage.name, 0, len(failures))
@@ -262,14 +295,17 @@ class StageRunner:
                 out[item_id] = np.frombuffer(vec, dtype=np.float32)
         return out
 
-    def _decode(self, item_id: int, paths: list[str]) -> Image.Image | str:
-        """The item's picture from the first of its paths that decodes, or the reason."""
+    def _decode(self, item_id: int, kind: str, paths: list[str]) -> Image.Image | np.ndarray | str:
+        """The item's picture (or sound) from the first of its paths that decodes, or the
+        reason."""
         why = "no path left for this item"
         for path in paths:
             # Escaped: a name that is not UTF-8 cannot go into a text column as is.
             where = printable(path)
             try:
                 raw = read_file(path, self.limits)
+                if kind == "audio":
+                    return decode_audio(raw.data, self.limits, AUDIO_RATE).samples
                 return shrink(decode_image(raw.data, self.limits, self.image_side).image,
                               self.image_side)  # fmt: skip
             except MediaError as exc:
@@ -280,6 +316,8 @@ class StageRunner:
 
 
 def _has_input(stage: Stage, w: Work) -> bool:
+    if stage.needs == "media":
+        return (w.audio if w.kind == "audio" else w.image) is not None
     return (w.image is not None) if stage.needs == "image" else (w.vector is not None)
 
 

@@ -242,7 +242,10 @@ class Watcher:
         jobs = self.queue.claim(time.time(), self.opts.batch_size * 4)
         if not jobs:
             self._save()
-            return self.stages is not None and self.stages.backfill_step()
+            ran = self.stages is not None and self.stages.backfill_step()
+            if ran:  # an embed stage may have added vectors to its space's index
+                self._dirty_since = self._dirty_since or time.monotonic()
+            return ran
         now = time.time()
         index, dirs_gone, done = [], [], []
         for job in jobs:
@@ -305,7 +308,7 @@ class Watcher:
         ):
             # Saving rewrites the whole index file, so it waits for a lull; a crash before
             # it loses nothing (the index is reconciled with the catalog on start).
-            self.index.save()
+            self.pipeline.save_indexes()
             self._dirty_since, self._last_save = None, now
 
     def _count(self, r: Report) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -13,6 +14,7 @@ from catalog.filters import Filters
 from search.embedders import Embedder
 from search.index_sync import VectorIndex
 from search.query import MAX_DEPTH, Cursor, compose, parse
+from search.spaces import kinds_for
 
 # How much a stored label named by a text query adds to an item's score, times the
 # label's probability: enough to lift a confidently labelled item past near-ties
@@ -33,6 +35,19 @@ class SearchEngine:
         self.embedder = embedder
         self.index = index
         self.catalog = catalog
+
+    # What search.spaces.pick reads to choose an engine for a query.
+    @property
+    def name(self) -> str:
+        return self.embedder.space
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        return frozenset(self.embedder.modalities)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return kinds_for(self.modalities)
 
     def ranked(
         self, vector: np.ndarray, n: int, filters: Filters | None = None,
@@ -191,9 +206,22 @@ class SearchEngine:
         vec = self.item_vector(item_id)
         return self.by_vector(vec, k, min_score, exclude=[item_id], filters=filters)
 
+    def by_audio(
+        self, waveform: np.ndarray, k: int = 10, min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """Items that go with a sound (mono float32 at the embedder's audio rate)."""
+        return self.by_vector(self.audio_vector(waveform), k, min_score, (), filters)
+
+    def audio_vector(self, waveform: np.ndarray) -> np.ndarray:
+        if "audio" not in self.embedder.modalities:
+            raise ValueError(f"the {self.name} space does not embed sound")
+        emb: Any = self.embedder
+        return np.asarray(emb.embed_audio([waveform])[0], dtype=np.float32)
+
     def item_vector(self, item_id: int) -> np.ndarray:
-        stored = self.catalog.embedding(item_id, self.embedder.space)
-        if stored is None or stored[0] != self.embedder.model_id:
+        stored = self.catalog.embedding(item_id, self.embedder.space, self.embedder.model_id)
+        if stored is None:
             raise LookupError(f"item {item_id} has no {self.embedder.model_id} embedding")
         return np.frombuffer(stored[1], dtype=np.float32)
 

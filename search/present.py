@@ -16,7 +16,7 @@ def result_rows(
     ids = [h.item_id for h in hits]
     details = catalog.stages.enrichment(ids)
     meta = catalog.browse.summaries(ids)
-    empty = {"kind": "image", "width": None, "height": None, "taken_at": None}
+    empty = {"kind": "image", "width": None, "height": None, "taken_at": None, "duration_s": None}
     return [
         _row(n, h, details[h.item_id], meta.get(h.item_id, empty), min_artwork)
         for n, h in enumerate(hits, first_rank)

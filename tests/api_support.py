@@ -41,7 +41,7 @@ class Api:
         from api import Services, create_app
 
         svc = Services(dataclasses.replace(self.svc.config, **changes), self.svc.catalog,
-                       self.svc.engine, self.svc.classifier_factory)  # fmt: skip
+                       self.svc.engines, self.svc.classifier_factory)  # fmt: skip
         return TestClient(create_app(svc, background=False), raise_server_exceptions=False)
 
 

@@ -50,3 +50,18 @@ def make_library(root: Path, n: int, start: int = 0) -> list[Path]:
         sub = root / ("a" if i % 3 else "b/c")
         out.append(save(picture(i), sub / f"img{i:03d}.jpg", quality=90))
     return out
+
+
+def tone(path: Path, freq: float, seconds: float = 2.5, rate: int = 16000,
+         channels: int = 1, fmt: str | None = None, noise: int = 0) -> Path:  # fmt: skip
+    """A sine tone (with a little seeded noise) written by libsndfile: WAV, FLAC, OGG..."""
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.5 * np.sin(2 * np.pi * freq * t)
+    wave += 0.02 * np.random.default_rng(noise).standard_normal(len(t))
+    data = np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, rate, format=fmt)
+    return path

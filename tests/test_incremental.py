@@ -144,30 +144,6 @@ def test_deleting_one_copy_keeps_the_item_for_the_other(parts, tmp_path: Path):
     consistent(parts)
 
 
-def test_a_new_model_re_embeds_items_it_has_not_seen(parts, tmp_path: Path, model_dir, monkeypatch):
-    """Provenance: vectors of another model are not trusted as this model's."""
-    from everlook.settings import Settings
-    from everlook.wiring import Parts
-
-    lib = tmp_path / "lib"
-    make_library(lib, 3)
-    index(parts, lib)
-    other = model_dir / "open_clip" / "everlook-tiny" / "seed1"
-    other.mkdir(exist_ok=True)
-    import open_clip
-    import torch
-
-    torch.manual_seed(1)
-    torch.save(open_clip.create_model("everlook-tiny").state_dict(), other / "open_clip_model.pt")
-    monkeypatch.setenv("EVERLOOK_CLIP_PRETRAINED", "seed1")
-    parts2 = Parts(Settings())
-    assert parts2.index.open().rebuilt_because  # the index file was built by seed0
-    report, n = index(parts2, lib)
-    assert n == 3 and report.failed == []
-    assert parts2.catalog.embedding_ids("clip", "open_clip/everlook-tiny/seed1")
-    assert parts2.index.store.count() == 3
-
-
 def test_content_deleted_then_added_back_is_indexed_again_by_the_same_pipeline(parts, tmp_path):
     """A long-lived pipeline (the watcher's) must not remember content across runs."""
     lib = tmp_path / "lib"

@@ -318,7 +318,7 @@ def test_a_text_search_also_finds_items_by_their_stored_labels(parts, tmp_path: 
     assert engine.by_text(query, k=3, min_score=10.0) == []
 
 
-def test_re_embedding_with_a_new_clip_model_keeps_results_of_stages_over_pixels(
+def test_switching_to_a_new_clip_model_re_runs_stages_over_clip_vectors_only(
     env, monkeypatch, tmp_path: Path
 ):
     parts = make_parts(monkeypatch, ["detect/yolo", "style"])
@@ -326,18 +326,27 @@ def test_re_embedding_with_a_new_clip_model_keeps_results_of_stages_over_pixels(
     parts.pipeline().run([str(tmp_path / "lib")])
     before = statuses(parts, "detect/yolo")
     ckpt = Path(env["EVERLOOK_MODEL_DIR"]) / "open_clip" / "everlook-tiny" / "seed0"
-    other = make_parts(
-        monkeypatch, ["detect/yolo", "style"], clip_pretrained=str(ckpt / "open_clip_model.pt")
-    )
-    assert other.embedder.model_id != parts.embedder.model_id
-    pipeline = other.pipeline()
-    spies = [Spy(s) for s in pipeline.stages.stages]
-    pipeline.stages.stages = spies
-    report = pipeline.run([str(tmp_path / "lib")])
-    assert report.changed == 3, "every item re-embedded by the new CLIP model"
-    assert spies[0].seen == [], "detection did not depend on CLIP: not run again"
-    assert sorted(spies[1].seen) == sorted(before), "style reads CLIP vectors: re-run"
-    assert statuses(other, "detect/yolo") == before
+    extra = {"clip_pretrained": str(ckpt / "open_clip_model.pt")}
+    other = make_parts(monkeypatch, ["detect/yolo", "style"], **extra)
+    target = other.spaces["clip"].target
+    assert target is not None and target.model_id != parts.embedder.model_id
+    # The new model backfills through embed/clip; nothing else moves while the old
+    # model still answers.
+    runner = other.stage_runner()
+    spies = [Spy(s) for s in runner.stages]
+    runner.stages = spies
+    runner.backfill()
+    seen = {s.name: sorted(s.seen) for s in spies}
+    assert seen == {"embed/clip": sorted(before), "detect/yolo": [], "style": []}
+    other.catalog.spaces.set_active("clip", target.model_id, other.embedder_args("clip"))
+    switched = make_parts(monkeypatch, ["detect/yolo", "style"], **extra)
+    runner = switched.stage_runner()
+    spies = [Spy(s) for s in runner.stages]
+    runner.stages = spies
+    runner.backfill()
+    seen = {s.name: sorted(s.seen) for s in spies}
+    assert seen == {"detect/yolo": [], "style": sorted(before)}, "style reads CLIP vectors"
+    assert statuses(switched, "detect/yolo") == before
 
 
 def test_background_enrichment_skips_items_not_embedded_by_the_current_model(
@@ -347,7 +356,16 @@ def test_background_enrichment_skips_items_not_embedded_by_the_current_model(
     make_library(tmp_path / "lib", 2)
     parts.pipeline().run([str(tmp_path / "lib")])
     ckpt = Path(env["EVERLOOK_MODEL_DIR"]) / "open_clip" / "everlook-tiny" / "seed0"
-    other = make_parts(monkeypatch, ["style"], clip_pretrained=str(ckpt / "open_clip_model.pt"))
+    extra = {"clip_pretrained": str(ckpt / "open_clip_model.pt")}
+    # Switched to a model (with --force) before it embedded anything.
+    model_id = make_parts(monkeypatch, [], **extra).spaces["clip"].target.model_id
+    parts.catalog.spaces.set_active(
+        "clip",
+        model_id,
+        {"model_name": "everlook-tiny", **{"pretrained": extra["clip_pretrained"]}},
+    )
+    other = make_parts(monkeypatch, ["style"], **extra)
+    assert other.embedder.model_id == model_id and other.spaces["clip"].target is None
     runner = other.stage_runner()
     assert runner.backfill_step() is False, "nothing it can do: the watcher may sleep"
     assert statuses(other, "style") == {}

@@ -20,7 +20,11 @@ __all__ = ["Embedder", "ModelUnavailable", "WeightsUnavailable", "available", "c
 
 @runtime_checkable
 class Embedder(Protocol):
-    space: str  # the vector space this embedder writes to ("clip", ...)
+    space: str  # the vector space this embedder writes to ("clip", "imagebind")
+    # What it embeds: "image" and "text" (CLIP); ImageBind adds "audio", with
+    # ``preprocess_audio(waveform) / embed_audio_preprocessed(batch) / embed_audio``
+    # over mono float32 waveforms at ``audio_sample_rate``.
+    modalities: frozenset[str]
 
     @property
     def model_id(self) -> str: ...

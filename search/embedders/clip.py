@@ -224,6 +224,7 @@ class OpenClipEmbedder(LazyModel[Parts]):
     """open_clip model behind the Embedder protocol. Loads on first use (LazyModel)."""
 
     space = "clip"
+    modalities = frozenset({"image", "text"})
     family = "open_clip"
 
     def __init__(
