@@ -16,6 +16,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from api.errors import ApiError
+from indexer.audio import audio_thumbnail
 from indexer.media import Limits, MediaError, decode_image, read_file
 
 SIZES = [256, 512, 1024]
@@ -82,7 +83,7 @@ class Thumbnails:
     def path_for(self, sha256: str, size: int) -> Path:
         return self.folder / str(size) / sha256[:2] / f"{sha256}.webp"
 
-    def get(self, sha256: str, source: str, size: int) -> Path:
+    def get(self, sha256: str, source: str, size: int, kind: str = "image") -> Path:
         if size not in SIZES:
             raise ApiError(422, f"size must be one of {', '.join(map(str, SIZES))}")
         dest = self.path_for(sha256, size)
@@ -94,7 +95,10 @@ class Thumbnails:
                 return dest
             try:
                 raw = read_file(source, self.limits)
-                img = decode_image(raw.data, self.limits, draft_side=size).image
+                if kind == "audio":  # the sound's waveform, 4:1 like a player's
+                    img = audio_thumbnail(raw.data, self.limits, size, size // 4)
+                else:
+                    img = decode_image(raw.data, self.limits, draft_side=size).image
             except MediaError as exc:
                 raise ApiError(422, f"cannot make a thumbnail: {exc}") from exc
             img.thumbnail((size, size), Image.Resampling.LANCZOS)

@@ -34,7 +34,10 @@ from search.present import styles_of
 router = APIRouter()
 FORMAT_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
                 "GIF": "image/gif", "WEBP": "image/webp", "TIFF": "image/tiff",
-                "BMP": "image/bmp", "HEIF": "image/heif", "AVIF": "image/avif"}  # fmt: skip
+                "BMP": "image/bmp", "HEIF": "image/heif", "AVIF": "image/avif",
+                "WAV": "audio/wav", "RF64": "audio/wav", "FLAC": "audio/flac",
+                "OGG": "audio/ogg", "OPUS": "audio/ogg", "MP3": "audio/mpeg",
+                "AIFF": "audio/aiff"}  # fmt: skip
 
 
 def _detail(svc: Services, item_id: int) -> dict[str, Any]:
@@ -65,18 +68,17 @@ def thumbnail(
     svc: Svc, item_id: ItemId,
     size: Annotated[int, Query(json_schema_extra={"enum": SIZES})] = 256,
 ) -> FileResponse:  # fmt: skip
-    """A WebP thumbnail (made once, kept on disk; remade if the cache file is gone)."""
+    """A WebP thumbnail (made once, kept on disk; remade if the cache file is gone): the
+    picture, or a sound's waveform (size wide, a quarter as high)."""
     if size not in SIZES:  # a Literal would not coerce the query string
         raise ApiError(422, f"size must be one of {', '.join(map(str, SIZES))}")
     d = _detail(svc, item_id)
-    if d["kind"] != "image":
-        raise ApiError(404, f"item {item_id} is {d['kind']}: it has no thumbnail")
     # The roots are checked even for a cached thumbnail: the cache is keyed by content,
     # and a server started with fewer folders must not show pictures outside them.
     with open_servable(d["paths"], svc.config.roots) as source:
         dest = svc.thumbs.path_for(d["sha256"], size)
         if not dest.is_file():
-            dest = svc.thumbs.get(d["sha256"], fd_path(source), size)
+            dest = svc.thumbs.get(d["sha256"], fd_path(source), size, d["kind"])
     return FileResponse(dest, media_type="image/webp",
                         headers={"Cache-Control": "private, max-age=86400"})  # fmt: skip
 
