@@ -28,6 +28,14 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 BUILTIN_MODELS = Path(__file__).resolve().parent / "embedders" / "models"
 
 
+# Python's import system takes one lock per module; two threads importing torch,
+# torchvision, open_clip or imagebind at once can each hold a lock the other needs and
+# fail with "_DeadlockError" (seen: a query importing ImageBind while the watcher thread
+# loaded CLIP). So models load one at a time, and so do the first imports of heavy
+# modules outside a load (IMPORT_LOCK). Reentrant: a model may load another inside.
+IMPORT_LOCK = threading.RLock()
+
+
 class ModelUnavailable(RuntimeError):
     """The model cannot be loaded (weights missing, unknown name): a configuration
     problem that stops the run, never a per-file failure."""
@@ -135,10 +143,11 @@ class LazyModel(ABC, Generic[M]):
         return self._model is not None
 
     def load(self) -> M:
-        """Build the model once per instance, under a lock; later calls return it."""
+        """Build the model once per instance, under the process-wide IMPORT_LOCK (one
+        load at a time: see there); later calls return it without locking."""
         model = self._model
         if model is None:
-            with self._lock:
+            with IMPORT_LOCK:
                 model = self._model
                 if model is None:
                     try:

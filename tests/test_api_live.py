@@ -241,3 +241,36 @@ def test_searches_run_while_the_watcher_indexes_and_find_the_new_files(
                 t.join(timeout=60)
     assert problems == []
     assert found == {str(p) for p in added}
+
+
+def test_a_sound_dropped_into_a_served_library_is_found_by_sound_through_the_server(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.conftest import TINY_IMAGEBIND
+    from tests.helpers import tone
+
+    settings = {**env, "EVERLOOK_WATCH_QUIET_SECONDS": "0.2",
+                "EVERLOOK_SPACES": '["clip", "imagebind"]',
+                "EVERLOOK_IMAGEBIND_MODEL": TINY_IMAGEBIND}  # fmt: skip
+    lib = tmp_path / "lib"
+    make_library(lib, 3)
+    with serving(settings, str(lib), cwd=tmp_path) as served:
+        sound = tone(lib / "drop" / "bell.flac", 1200, seconds=3.0, rate=44100)
+        deadline = time.monotonic() + 90
+        rows: list[dict[str, Any]] = []
+        with served.client() as c:
+            while time.monotonic() < deadline:  # the watcher indexes, the stage embeds
+                r = c.post("/api/search/audio", params={"k": 1},
+                           files={"file": ("q.flac", sound.read_bytes())})  # fmt: skip
+                assert r.status_code == 200, r.text
+                rows = r.json()["results"]
+                if rows and rows[0]["path"] == str(sound):
+                    break
+                time.sleep(0.3)
+        assert rows and rows[0]["path"] == str(sound) and rows[0]["kind"] == "audio"
+        # The CLI asks the server (proof: a model this process cannot load still answers).
+        broken = {**settings, "EVERLOOK_IMAGEBIND_MODEL": "no-such-model"}
+        via = run_cli(broken, "search", "--audio", str(sound), "--json", "-k", "1",
+                      cwd=tmp_path)  # fmt: skip
+        assert via.returncode == 0, via.stderr
+        assert json.loads(via.stdout)[0]["path"] == str(sound)

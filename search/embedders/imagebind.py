@@ -36,6 +36,7 @@ from PIL import Image
 
 from search.embedders import register
 from search.model_base import (
+    IMPORT_LOCK,
     LazyModel,
     ModelUnavailable,
     Runtime,
@@ -121,9 +122,15 @@ class _Upstream:
     clip_sampler: Any  # pytorchvideo's ConstantClipsPerVideoSampler class
 
 
-@functools.cache
 def upstream() -> _Upstream:
-    """imagebind's data and model modules, imported once with the shims they need."""
+    """imagebind's data and model modules, imported once with the shims they need (under
+    IMPORT_LOCK: a query thread and the watcher's may both get here first)."""
+    with IMPORT_LOCK:
+        return _import_upstream()
+
+
+@functools.cache
+def _import_upstream() -> _Upstream:
     _shim_functional_tensor()
     _shim_pkg_resources()
     with warnings.catch_warnings():
@@ -137,10 +144,15 @@ def upstream() -> _Upstream:
     return _Upstream(data, imagebind_model, ConstantClipsPerVideoSampler)
 
 
-@functools.cache
 def tokenizer() -> Any:
     """Upstream's BPE tokenizer with the vocabulary the package ships (built once: reading
     the vocabulary takes a while)."""
+    with IMPORT_LOCK:
+        return _tokenizer()
+
+
+@functools.cache
+def _tokenizer() -> Any:
     up = upstream()
     from imagebind.models.multimodal_preprocessors import SimpleTokenizer
 
@@ -274,7 +286,7 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
                 f"to download them from: put {relative} (a state_dict saved with "
                 f"torch.save) beside {self.name}.json in {where}/{self.family}/."
             )
-        source = f"the checkpoint at {HUGE_URL} (4.5 GB)"
+        source = f"the checkpoint at {HUGE_URL} (4.8 GB)"
         if self.cache_dir is None:
             cause = RuntimeError("no download folder was given")
             raise self.missing_weights(what, relative, source, cause)
