@@ -264,8 +264,15 @@ def show(
     if as_json:
         emit_json(detail)
         return
-    print(f"item {detail['id']} ({detail['kind']}, {detail['format']}, "
-          f"{detail['width']}x{detail['height']}, {detail['size_bytes']} bytes)")  # fmt: skip
+    if detail["kind"] == "audio":
+        shape = (
+            f"{detail['duration_s']:.2f} s, {detail['sample_rate']} Hz, "
+            f"{detail['channels']} channel{'s' if detail['channels'] != 1 else ''}"
+        )
+    else:
+        shape = f"{detail['width']}x{detail['height']}"
+    print(f"item {detail['id']} ({detail['kind']}, {detail['format']}, {shape}, "
+          f"{detail['size_bytes']} bytes)")  # fmt: skip
     for p in detail["paths"]:
         print(f"  path     {shown(p)}")
     for key in ("taken_at", "camera_make", "camera_model", "gps"):

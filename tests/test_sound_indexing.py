@@ -107,6 +107,8 @@ def test_searching_by_sound_text_or_picture_from_the_cli(sound_env, tmp_path: Pa
     assert code == 0 and [r["path"] for r in rows] == [str(lib / "high.flac")]
     text = cli("search", "--audio", str(low))
     assert "[sound, 2.5 s]" in text.stdout
+    shown = cli("show", str(lib / "high.flac")).stdout
+    assert "(audio, FLAC, 3.00 s, 22050 Hz, 2 channels," in shown
     res = cli("search", "--audio", str(low), "--space", "clip")
     assert res.exit_code == 2 and "cannot embed sound" in res.stderr
     res = cli("search", "--audio", str(tmp_path / "query.png"))
