@@ -64,11 +64,12 @@ class EmbedStage:
 
     @staticmethod
     def _embed(emb: Embedder, works: Sequence[Work]) -> list[tuple[Work, np.ndarray]]:
-        pictures = [w for w in works if w.kind == "image" and w.image is not None]
+        pictures = [(w, w.image) for w in works if w.kind == "image" and w.image is not None]
         sounds = [w for w in works if w.kind == "audio" and w.audio is not None]
         got: list[tuple[Work, np.ndarray]] = []
         if pictures and "image" in emb.modalities:
-            got += zip(pictures, emb.embed_images([w.image for w in pictures]), strict=True)
+            vecs = emb.embed_images([img for _, img in pictures])
+            got += zip([w for w, _ in pictures], vecs, strict=True)
         if sounds and "audio" in emb.modalities:
             embed_audio = getattr(emb, "embed_audio")  # noqa: B009 (beyond the base protocol)
             got += zip(sounds, embed_audio([w.audio for w in sounds]), strict=True)

@@ -269,11 +269,11 @@ class Pipeline:
                 self._embed_pictures(batch)
                 ids = self._store(batch, failures, report)
                 batch[:] = [p for p in batch if p.sha256 in ids]
-                pictures = [p for p in batch if p.item is not None and p.item.vector]
+                pictures = [p.item for p in batch if p.item is not None and p.item.vector]
                 if pictures:
                     self.index.add(
-                        np.array([ids[p.sha256] for p in pictures], dtype=np.int64),
-                        np.stack([np.frombuffer(p.item.vector, np.float32) for p in pictures]),
+                        np.array([ids[it.sha256] for it in pictures], dtype=np.int64),
+                        np.stack([np.frombuffer(it.vector, np.float32) for it in pictures]),
                     )  # fmt: skip
                 self._embedded.update(ids[p.sha256] for p in batch)
                 if self.inline_stages and self.stages is not None and batch:

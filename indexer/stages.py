@@ -279,7 +279,7 @@ class StageRunner:
             kind = kinds.get(item_id, "image")
             if isinstance(res, str):
                 failures[item_id] = res
-            elif kind == "audio":
+            elif isinstance(res, np.ndarray):
                 works.append(Work(item_id, kind, audio=res))
             else:
                 works.append(Work(item_id, kind, image=res))

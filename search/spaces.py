@@ -53,7 +53,8 @@ def kinds_for(modalities: frozenset[str]) -> frozenset[str]:
 
 
 class Pickable(Protocol):
-    name: str  # also a property, on a search engine
+    @property
+    def name(self) -> str: ...
 
     @property
     def modalities(self) -> frozenset[str]: ...
