@@ -340,17 +340,18 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
         return F.normalize(out.float(), dim=-1)
 
     def _run(self, key: str, batch: Sequence[Any]) -> np.ndarray:
-        import torch
-
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)  # without loading the model
+        import torch  # imported already: the batch is tensors
+
         feats = self.predict((key, torch.stack(list(batch))))
         return np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32)
 
     # ---- images --------------------------------------------------------------------------
     def _transform(self) -> Any:
         if self._vision_transform is None:
-            from torchvision import transforms
+            with IMPORT_LOCK:  # the first import of torchvision may race a model's load
+                from torchvision import transforms
 
             # upstream load_and_transform_vision_data's transform, step for step.
             self._vision_transform = transforms.Compose(
@@ -381,9 +382,9 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
     def tokenize(self, texts: Sequence[str]) -> Any:
         """(n, 77) token ids. One text at a time, as upstream's load_and_transform_text
         does (its tokenizer returns one row for a single text)."""
+        tok = tokenizer()  # first: it imports torch under IMPORT_LOCK
         import torch
 
-        tok = tokenizer()
         return torch.stack([tok(t) for t in texts])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -393,9 +394,6 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
     def preprocess_audio(self, waveform: np.ndarray) -> Any:
         """(clips, 1, mel bins, frames) log-mel clips of a 16 kHz mono waveform, as
         upstream's load_and_transform_audio_data makes them from a file."""
-        import torch
-        from torchvision import transforms
-
         wav = np.asarray(waveform, dtype=np.float32)
         if wav.ndim != 1:
             raise ValueError(f"expected a mono waveform (1-D), got shape {wav.shape}")
@@ -407,7 +405,10 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
             # Shorter than one analysis window: upstream would divide by zero. Silence
             # after the sound gives the window it needs.
             wav = np.pad(wav, (0, MIN_SAMPLES - wav.size))
-        up = upstream()
+        up = upstream()  # first: it imports torch and torchvision under IMPORT_LOCK
+        import torch
+        from torchvision import transforms
+
         # A copy, shaped (channels, samples) as torchaudio.load returns it: upstream's
         # clips are views of it and waveform2melspec centres each in place, so a clip
         # overlapping an earlier one sees that one's centring (as upstream does) and the
