@@ -8,6 +8,8 @@ import {
   activeCount, emptyFilters, filterParams, MULTI, renderFacets, ROWS, syncChips, toggle,
 } from "./facets.js";
 import { createItemView } from "./item.js";
+import { defaultKind, kindParams, kindPicker, KINDS } from "./kind.js";
+import { microphone, soundFrame, stopPlaying, toggleCard, uploadable } from "./sound.js";
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -35,6 +37,7 @@ const els = {
   tokenInput: $("token-input"),
   authMessage: $("auth-message"),
   forgetToken: $("forget-token"),
+  kindPicker: $("kind-picker"),
 };
 
 const DEBOUNCE_MS = 250;
@@ -49,7 +52,8 @@ function clampInt(s, lo, hi, dflt) {
 const state = {
   filters: emptyFilters(),
   upload: null, // {kind: "image"|"audio", blob, name, preview}
-  like: null, // {id, name}
+  like: null, // {id, name, kind}
+  kind: null, // "image" | "audio" | "both" the user chose; null: the query's default
   facets: null,
   cursor: null,
   seq: 0, // bumped by every new search; responses of older ones are dropped
@@ -76,7 +80,7 @@ const sayError = (e) => say(e instanceof ApiError || e?.message ? e.message : St
 /** Mirror the text query, filters and "like" in the address (replaceState: no history spam). */
 function writeUrl() {
   const f = state.filters;
-  const p = { q: els.q.value.trim(), ...filterParams(f), like: state.like?.id };
+  const p = { q: els.q.value.trim(), ...filterParams(f), kind: state.kind, like: state.like?.id };
   if (pageParams.has("k")) p.k = PAGE_SIZE;
   const url = withParams(location.pathname, p) + location.hash;
   if (url !== location.pathname + location.search + location.hash) history.replaceState(history.state, "", url);
@@ -92,13 +96,18 @@ function readUrl() {
   state.filters.before = pageParams.get("before") || "";
   els.after.value = state.filters.after;
   els.before.value = state.filters.before;
+  const kind = pageParams.get("kind");
+  state.kind = KINDS.includes(kind) ? kind : null;
   const like = pageParams.get("like");
   if (like && /^\d+$/.test(like)) {
-    state.like = { id: Number(like), name: `item ${like}` };
+    state.like = { id: Number(like), name: `item ${like}`, kind: "image" };
     api(`/api/items/${like}`).then((d) => {
       if (state.like?.id !== d.id) return;
       state.like.name = basename(d.paths?.[0]) || state.like.name;
+      const wasDefault = effectiveKind();
+      state.like.kind = d.kind;
       updatePill();
+      if (effectiveKind() !== wasDefault) search(); // more like a sound: pictures and sounds
     }, () => {});
   }
 }
@@ -111,10 +120,23 @@ function describe() {
   return "";
 }
 
+/** What the query is: "audio", "image", "text", or "none" (a listing of the newest). */
+function modality() {
+  const source = state.like || state.upload;
+  if (source) return source.kind === "audio" ? "audio" : "image";
+  return els.q.value.trim() ? "text" : "none";
+}
+
+const effectiveKind = () => state.kind || defaultKind(modality());
+const librarySounds = () => Boolean(state.facets?.kinds?.some((k) => k.value === "audio" && k.count > 0));
+
 /** The request for one page of the current search. */
 function request(cursor, signal) {
   const q = els.q.value.trim();
-  const params = { k: PAGE_SIZE, cursor, ...filterParams(state.filters) };
+  const params = {
+    k: PAGE_SIZE, cursor, ...filterParams(state.filters),
+    ...kindParams(effectiveKind(), modality(), librarySounds()),
+  };
   if (state.like) return api(withParams(`/api/items/${state.like.id}/similar`, params), { signal });
   if (state.upload) {
     const body = new FormData();
@@ -140,6 +162,7 @@ async function search() {
   writeUrl();
   updatePill();
   updateClearFilters();
+  picker.show(effectiveKind());
   try {
     const page = await request(null, ctrl.signal);
     if (seq !== state.seq) return; // a newer search started meanwhile
@@ -153,10 +176,12 @@ async function search() {
   } catch (e) {
     if (isAbort(e) || seq !== state.seq) return;
     state.loading = false;
-    if (state.upload && [413, 415, 422, 501].includes(e.status)) {
-      // The file itself was refused: go back to the search before it.
-      state.upload = null;
+    const noSoundSpace = e.status === 409 && state.upload?.kind === "audio";
+    if (state.upload && ([413, 415, 422, 501].includes(e.status) || noSoundSpace)) {
+      // The file itself was refused (or sound search is off): go back to the search before it.
+      setUpload(null);
       updatePill();
+      picker.show(effectiveKind());
     }
     if (e.status !== 401) sayError(e);
     els.loadMore.disabled = false;
@@ -217,6 +242,8 @@ function nearBottom() {
 let typingTimer = 0;
 els.q.addEventListener("input", () => {
   if (state.like) state.like = null; // typing starts a text search
+  if (state.upload?.kind === "audio") setUpload(null); // (words do not go with a sound)
+  convertSeq++;
   clearTimeout(typingTimer);
   typingTimer = setTimeout(search, DEBOUNCE_MS);
 });
@@ -247,6 +274,7 @@ const lazyThumbs = "IntersectionObserver" in window
   : null;
 
 function clearGrid() {
+  stopPlaying();
   lazyThumbs?.disconnect();
   thumbs.clear();
   els.results.replaceChildren();
@@ -265,6 +293,7 @@ function resultElement(r) {
   a.dataset.itemId = String(r.item_id);
   a.dataset.path = r.path || "";
   a.dataset.kind = r.kind || "";
+  if (r.file) a.dataset.file = r.file;
   if (r.score !== null && r.score !== undefined) a.dataset.score = String(r.score);
   a.title = r.path || name;
 
@@ -275,7 +304,7 @@ function resultElement(r) {
   img.loading = "lazy";
   img.decoding = "async";
   img.width = 256;
-  img.height = 256;
+  img.height = r.kind === "audio" ? 64 : 256; // a sound's thumbnail is its waveform, 4:1
   const thumb = r.thumbnail || `/api/items/${r.item_id}/thumbnail?size=256`;
   img.addEventListener("error", () => frame.classList.add("broken"), { once: true });
   if (hasToken()) {
@@ -290,12 +319,7 @@ function resultElement(r) {
     }
   }
   frame.append(img);
-  if (r.kind === "audio") {
-    const badge = document.createElement("span");
-    badge.className = "kind-badge";
-    badge.textContent = "♪ audio";
-    frame.append(badge);
-  }
+  if (r.kind === "audio") soundFrame(frame, r, name, thumbs, sayError);
 
   const score = document.createElement("span");
   score.className = "score";
@@ -371,7 +395,8 @@ els.results.addEventListener("keydown", (ev) => {
     focusCard(moves[ev.key]);
   } else if (ev.key === " ") {
     ev.preventDefault();
-    ev.target.closest(".result").click();
+    const card = ev.target.closest(".result");
+    if (!toggleCard(card, thumbs, sayError)) card.click(); // Space plays a sound, opens a picture
   }
 });
 
@@ -429,12 +454,24 @@ els.clearFilters.addEventListener("click", () => {
 
 async function loadFacets() {
   try {
+    const hadSounds = librarySounds();
     state.facets = await api("/api/facets");
     buildFacets();
+    picker.counts(state.facets.kinds);
+    // "Both" for words or a picture asks ImageBind once the library is known to hold sounds.
+    const m = modality();
+    if (!hadSounds && librarySounds() && effectiveKind() === "both" && m !== "audio" && m !== "none") search();
   } catch (e) {
     if (e.status !== 401 && !isAbort(e)) sayError(e);
   }
 }
+
+// ---------------------------------------------------------------- kind: pictures / sounds / both
+
+const picker = kindPicker(els.kindPicker, (kind) => {
+  state.kind = kind;
+  search();
+});
 
 // ---------------------------------------------------------------- query by file / sound / item
 
@@ -471,17 +508,32 @@ function kindOf(file) {
   return null;
 }
 
-function searchWithFile(file) {
+let convertSeq = 0; // bumped by anything that supersedes a sound still being converted
+
+async function searchWithFile(file) {
   const kind = kindOf(file);
   if (!kind) {
     say(`“${file.name}” is neither an image nor a sound.`, { error: true });
     return;
   }
+  const mine = ++convertSeq;
+  let upload = { blob: file, name: file.name || (kind === "audio" ? "recording" : "image") };
+  if (kind === "audio") {
+    // The server reads WAV, FLAC, Ogg and MP3; anything else (a WebM recording, an .m4a) is
+    // decoded here and sent as WAV.
+    say("Reading the sound…", { sticky: true });
+    try {
+      upload = await uploadable(file, upload.name);
+    } catch (e) {
+      if (mine === convertSeq) say(`“${upload.name}”: ${e.message}`, { error: true });
+      return;
+    }
+    if (mine !== convertSeq) return;
+  }
   state.like = null;
   setUpload({
     kind,
-    blob: file,
-    name: file.name || (kind === "audio" ? "recording" : "image"),
+    ...upload,
     preview: kind === "image" ? URL.createObjectURL(file) : null,
   });
   say(kind === "audio" ? "Searching with the sound…" : "Searching with the image…", { sticky: true });
@@ -496,6 +548,7 @@ els.fileInput.addEventListener("change", () => {
 });
 
 els.pillClear.addEventListener("click", () => {
+  convertSeq++;
   setUpload(null);
   state.like = null;
   search();
@@ -537,46 +590,9 @@ window.addEventListener("paste", (ev) => {
   searchWithFile(file);
 });
 
-// Microphone: shown only where the browser can record.
-let recorder = null;
-let recordTimer = 0;
-if (navigator.mediaDevices && typeof navigator.mediaDevices.getUserMedia === "function" && "MediaRecorder" in window) {
-  els.mic.hidden = false;
-}
-els.mic.addEventListener("click", async () => {
-  if (recorder) {
-    recorder.stop();
-    return;
-  }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (e) {
-    say(`No microphone: ${e.message || e.name}`, { error: true });
-    return;
-  }
-  const chunks = [];
-  recorder = new MediaRecorder(stream);
-  recorder.addEventListener("dataavailable", (ev) => ev.data.size && chunks.push(ev.data));
-  recorder.addEventListener("stop", () => {
-    clearTimeout(recordTimer);
-    for (const t of stream.getTracks()) t.stop();
-    const type = recorder.mimeType || "audio/webm";
-    recorder = null;
-    els.mic.setAttribute("aria-pressed", "false");
-    els.mic.classList.remove("recording");
-    els.mic.querySelector(".label").textContent = "Record";
-    if (!chunks.length) return;
-    const ext = type.includes("ogg") ? "ogg" : type.includes("mp4") ? "m4a" : "webm";
-    searchWithFile(new File(chunks, `recording.${ext}`, { type }));
-  });
-  recorder.start();
-  els.mic.setAttribute("aria-pressed", "true");
-  els.mic.classList.add("recording");
-  els.mic.querySelector(".label").textContent = "Stop";
-  say("Recording… press Stop when done (at most 15 s).", { sticky: true });
-  recordTimer = setTimeout(() => recorder?.stop(), 15_000);
-});
+// Microphone: shown only where the browser can record; the recording goes through
+// searchWithFile, which turns the browser's WebM/MP4 into WAV.
+microphone(els.mic, { onRecorded: searchWithFile, say });
 
 // ---------------------------------------------------------------- the item view and the hash
 
@@ -589,7 +605,8 @@ const view = createItemView({
   onSimilar: async (d) => {
     await closeItem();
     setUpload(null);
-    state.like = { id: d.id, name: basename(d.paths?.[0]) || `item ${d.id}` };
+    convertSeq++;
+    state.like = { id: d.id, name: basename(d.paths?.[0]) || `item ${d.id}`, kind: d.kind };
     els.q.value = ""; // "more like this" takes no words; typing goes back to a word search
     search();
     window.scrollTo({ top: 0 });

@@ -6,17 +6,17 @@ export const ROWS = [
   { key: "tags", param: "tag", name: "Tags", multi: true },
   { key: "styles", param: "style", name: "Styles", multi: false },
   { key: "labels", param: "label", name: "Labels", multi: true },
-  { key: "kinds", param: "kind", name: "Kind", multi: false },
 ];
+// (kind is not a chip row: the kind selector, kind.js, chooses it and shows the counts)
 export const MULTI = new Set(ROWS.filter((r) => r.multi).map((r) => r.param));
 const TOP = 12;
 
 /**
- * Filters state: {has: [], tag: [], label: [], style: [], kind: []} (single-valued ones hold
- * at most one value), plus after/before strings.
+ * Filters state: {has: [], tag: [], label: [], style: []} (single-valued ones hold at most
+ * one value), plus after/before strings.
  */
 export function emptyFilters() {
-  return { has: [], tag: [], label: [], style: [], kind: [], after: "", before: "" };
+  return { has: [], tag: [], label: [], style: [], after: "", before: "" };
 }
 
 export function activeCount(f) {
@@ -86,8 +86,6 @@ export function renderFacets(container, facets, filters, onToggle) {
   for (const row of ROWS) {
     const values = Array.isArray(facets?.[row.key]) ? facets[row.key] : [];
     const chosen = filters[row.param];
-    // Kind is only a choice when the library holds more than one kind.
-    if (row.key === "kinds" && values.length < 2 && !chosen.length) continue;
     if (!values.length && !chosen.length) continue;
     const el = document.createElement("div");
     el.className = "facet-row";

@@ -1,6 +1,8 @@
-// The item view: one picture with its detections, tags, styles, labels and metadata.
+// The item view: one picture with its detections, tags, styles, labels and metadata, or
+// one sound with its waveform and a player.
 
 import { api, basename, BlobUrls, hasToken, isAbort, setPicture, withParams } from "./api.js";
+import { formatDuration, stopPlaying } from "./sound.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -155,6 +157,7 @@ export function createItemView(hooks) {
     img.style.height = "";
     boxes.replaceChildren();
     details.replaceChildren(el("p", { class: "muted", text: "Loading…" }));
+    audio.pause();
     audio.hidden = true;
     audio.removeAttribute("src");
     dialog.classList.remove("no-picture", "is-audio");
@@ -165,6 +168,7 @@ export function createItemView(hooks) {
   }
 
   async function open(id) {
+    stopPlaying(); // the grid's sound, if one plays: the view has its own player
     if (!dialog.open) {
       dialog.showModal();
       $("item-close").focus();
@@ -192,16 +196,17 @@ export function createItemView(hooks) {
     const name = basename(d.paths?.[0]) || `Item ${d.id}`;
     title.textContent = name;
     title.title = d.paths?.[0] || "";
-    img.alt = name;
+    img.alt = d.kind === "audio" ? `Waveform of ${name}` : name;
     img.width = d.width || 0;
     img.height = d.height || 0;
     if (d.kind === "audio") {
+      // The big waveform (1024 x 256) above a player of the file itself.
       dialog.classList.add("is-audio");
       audio.hidden = false;
+      audio.preload = "metadata";
       setPicture(audio, d.file, pool);
-    } else {
-      setPicture(img, d.thumbnail || `/api/items/${d.id}/thumbnail?size=1024`, pool);
     }
+    setPicture(img, d.thumbnail || `/api/items/${d.id}/thumbnail?size=1024`, pool);
     fileLink.href = d.file || `/api/items/${d.id}/file`;
     drawBoxes(d.detections || []);
     details.replaceChildren(...renderDetails(d).filter(Boolean));
@@ -300,7 +305,8 @@ export function createItemView(hooks) {
       }
       out.push(section("Labels", wrap));
     }
-    out.push(section("Try your own labels", classifyForm(d)));
+    // (labels are scored in the CLIP space, which holds no sounds)
+    if (d.kind !== "audio") out.push(section("Try your own labels", classifyForm(d)));
     out.push(section("Details", metadata(d)));
     const paths = el("ul", { class: "paths" });
     for (const p of d.paths || []) paths.append(el("li", { class: "path", text: p, title: p }));
@@ -347,6 +353,9 @@ export function createItemView(hooks) {
       ["Format", d.format],
       ["File size", formatBytes(d.size_bytes)],
       ["Dimensions", d.width && d.height ? `${d.width} × ${d.height}` : null],
+      ["Duration", d.duration_s !== null && d.duration_s !== undefined ? formatDuration(d.duration_s) : null],
+      ["Sample rate", d.sample_rate ? `${Number(d.sample_rate).toLocaleString()} Hz` : null],
+      ["Channels", d.channels ? channels(d.channels) : null],
       ["Taken", formatDate(d.taken_at)],
       ["Camera", [d.camera_make, d.camera_model].filter(Boolean).join(" ") || null],
       ["GPS", Array.isArray(d.gps) && d.gps.length === 2 ? gps(d.gps) : null],
@@ -361,6 +370,10 @@ export function createItemView(hooks) {
       dl.append(el("dt", { text: k }), el("dd", {}, v));
     }
     return dl;
+  }
+
+  function channels(n) {
+    return { 1: "1 (mono)", 2: "2 (stereo)" }[n] || String(n);
   }
 
   function gps([lat, lon]) {
@@ -381,6 +394,7 @@ export function createItemView(hooks) {
     if (dialog.open) dialog.close();
     pool.clear();
     img.removeAttribute("src");
+    audio.pause();
     audio.removeAttribute("src");
   }
 
