@@ -16,7 +16,7 @@ from starlette.background import BackgroundTask
 
 from api.errors import ApiError, AsciiJSON, error_response
 from api.files import SIZES, fd_path, open_servable
-from api.routes_search import ItemId, item_vector
+from api.routes_search import ItemId, item_modality, item_vector
 from api.schemas import (
     Classified,
     ClassifyRequest,
@@ -113,7 +113,9 @@ def _classify(svc: Services, vec: np.ndarray, req: ClassifyRequest) -> dict[str,
 @router.post("/api/items/{item_id}/classify", response_model=Classified, tags=["classify"],
              responses=errors(400, 401, 404, 409, 422, 503))  # fmt: skip
 def classify_item(svc: Svc, item_id: ItemId, req: ClassifyRequest) -> dict[str, Any]:
-    """Zero-shot classification of an item against your labels or ImageNet's."""
+    """Zero-shot classification of a picture against your labels or ImageNet's."""
+    if item_modality(svc, item_id) == "audio":
+        raise ApiError(422, f"item {item_id} is a sound: zero-shot labels are for pictures")
     return _classify(svc, item_vector(svc, item_id), req)
 
 

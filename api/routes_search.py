@@ -19,7 +19,7 @@ from catalog.filters import Filters, parse_has
 from search.engine import Hit
 from search.present import result_rows
 from search.query import Cursor
-from search.spaces import NoSpace, pick
+from search.spaces import BadSpace, NoSpace, pick
 
 router = APIRouter(tags=["search"])
 THUMB = "/api/items/{}/thumbnail?size=256"
@@ -102,7 +102,9 @@ def space_for(svc: Services, query: str, filters: Filters, requested: str | None
     """The enabled space that answers a query of this modality for the kind asked."""
     try:
         return pick(svc.engines, query, filters.kind, requested).name
-    except NoSpace as exc:
+    except BadSpace as exc:
+        raise ApiError(422, str(exc)) from None
+    except NoSpace as exc:  # the space that would answer is not enabled on this server
         raise ApiError(409, str(exc)) from None
 
 
@@ -123,7 +125,10 @@ def page(
     filters: Filters, exclude: list[int], words: str | None, space: str = "clip",
 ) -> dict[str, Any]:  # fmt: skip
     """One page of results for a query vector in a space (or the newest items, with none)."""
-    after = _cursor(cursor, vec is not None, svc.cursor_key)
+    # Each space signs its own cursors: a score threshold from ImageBind's space means
+    # nothing in CLIP's, so a cursor carried across (a changed kind filter) is refused.
+    key = svc.cursor_key + space.encode()
+    after = _cursor(cursor, vec is not None, key)
     hits: list[Hit]
     engine = svc.engines[space]
     if vec is None:
@@ -135,7 +140,7 @@ def page(
     for r in rows:
         r["thumbnail"] = THUMB.format(r["item_id"])
         r["file"] = f"/api/items/{r['item_id']}/file"
-    return {"results": rows, "next_cursor": nxt.encode(svc.cursor_key) if nxt else None}
+    return {"results": rows, "next_cursor": nxt.encode(key) if nxt else None}
 
 
 def item_vector(svc: Services, item_id: int, space: str = "clip") -> np.ndarray:

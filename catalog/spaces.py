@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.models import Embedding, Item, SpaceRow, StageStatus, utcnow
@@ -23,6 +24,11 @@ from catalog.models import Embedding, Item, SpaceRow, StageStatus, utcnow
 class ActiveModel:
     model_id: str
     args: dict[str, Any]  # the embedder's constructor arguments (JSON), to build it again
+
+
+def embed_stages(space: str) -> list[str]:
+    """The stage names a space's vectors come from: its active model's, a new model's."""
+    return [f"embed/{space}", f"embed/{space}:next"]
 
 
 class SpaceBook:
@@ -37,7 +43,10 @@ class SpaceBook:
             return ActiveModel(row.active_model_id, json.loads(row.active_args))
 
     def set_active(self, space: str, model_id: str, args: Mapping[str, Any]) -> None:
+        """Make model_id the space's active model. Its backfill stage's rows go: that
+        model is no longer backfilling, and its vectors stay."""
         with self.Session.begin() as s:
+            s.execute(delete(StageStatus).where(StageStatus.stage == f"embed/{space}:next"))
             row = s.get(SpaceRow, space)
             if row is None:
                 row = SpaceRow(name=space)
@@ -48,9 +57,16 @@ class SpaceBook:
     def activate_if_new(self, space: str, model_id: str, args: Mapping[str, Any]) -> ActiveModel:
         """The space's active model; the given one becomes it when the space is new."""
         got = self.active(space)
-        if got is None:
-            self.set_active(space, model_id, args)
-            got = ActiveModel(model_id, dict(args))
+        if got is not None:
+            return got
+        try:
+            with self.Session.begin() as s:
+                s.add(SpaceRow(name=space, active_model_id=model_id,
+                               active_args=json.dumps(dict(args), sort_keys=True)))  # fmt: skip
+        except IntegrityError:
+            pass  # another process (a replica, a CLI) started at the same moment: its row
+        got = self.active(space)
+        assert got is not None
         return got
 
     def coverage(self, space: str, model_id: str, kinds: Iterable[str]) -> tuple[int, int]:
@@ -105,7 +121,8 @@ class SpaceBook:
                 ).rowcount  # type: ignore[attr-defined]
                 s.execute(
                     delete(StageStatus).where(
-                        StageStatus.stage == f"embed/{space}", StageStatus.model_id == model_id
+                        StageStatus.stage.in_(embed_stages(space)),
+                        StageStatus.model_id == model_id,
                     )
                 )
                 gone[f"{space}/{model_id}"] = int(n or 0)
@@ -114,7 +131,7 @@ class SpaceBook:
                 s.execute(delete(SpaceRow).where(SpaceRow.name.in_(dropped)))
                 s.execute(
                     delete(StageStatus).where(
-                        StageStatus.stage.in_([f"embed/{sp}" for sp in dropped])
+                        StageStatus.stage.in_([n for sp in dropped for n in embed_stages(sp)])
                     )
                 )
         return gone

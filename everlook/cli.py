@@ -163,6 +163,7 @@ def index(
     runner = pipeline.stages
     if runner is not None:  # items this run did not enrich inline: older ones, retries
         _backfill_with_progress(runner, quiet=as_json)
+        runner.save_indexes()  # the backfill may have added to a space's index
     elapsed = time.monotonic() - started
     stages = (
         {"done": runner.stats.done, "failed": runner.stats.failed,

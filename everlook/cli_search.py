@@ -334,8 +334,8 @@ def _vector_of(parts: Any, target: str, np: Any, media: Any) -> Any:
     except LookupError:
         item_id = None
     if item_id is not None:
-        stored = parts.catalog.embedding(item_id, "clip")
-        if stored is not None and stored[0] == parts.embedder.model_id:
+        stored = parts.catalog.embedding(item_id, "clip", parts.embedder.model_id)
+        if stored is not None:
             return np.frombuffer(stored[1], dtype=np.float32)[None, :]
     if not os.path.isfile(target):
         raise LookupError(f"{shown(target)} is neither an indexed item nor an image file")

@@ -108,7 +108,11 @@ def switch(
         return
     kinds = sorted(sp.kinds | sp.target_kinds)
     have, total = parts.catalog.spaces.coverage(space, sp.target.model_id, kinds)
-    if have < total and not force:
+    # Items the new model gave up on (after stage_max_attempts) do not hold it back.
+    given_up = parts.catalog.stages.progress(
+        f"embed/{space}:next", sp.target.model_id, kinds, parts.settings.stage_max_attempts
+    )["failed"]
+    if have + given_up < total and not force:
         err.print(f"[red]error:[/red] {sp.target.model_id} has embedded {have} of {total} "
                   "items; run `everlook enrich` first, or --force to switch now (items it "
                   "has not embedded are not found until it does)")  # fmt: skip

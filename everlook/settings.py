@@ -199,7 +199,9 @@ class Settings(BaseSettings):
                 "EVERLOOK_SPACES must include clip (the base space); add "
                 'imagebind beside it, e.g. \'["clip", "imagebind"]\''
             )
-        return list(dict.fromkeys(value))
+        # Always clip first: a query takes the first space that can answer it, so the
+        # order written in the setting must not send text queries through ImageBind.
+        return [sp for sp in SPACES if sp in value]
 
     @field_validator("home", mode="after")
     @classmethod

@@ -81,19 +81,17 @@ class Parts:
         return self.spaces["clip"].index
 
     def embed_stages(self) -> list[Stage]:
-        """embed/<space> for every space but CLIP's active model (which the pipeline runs
-        inline), and for any space's model that is backfilling."""
+        """embed/<space> for every space's active model but CLIP's (which the pipeline runs
+        inline), and embed/<space>:next for a model that is backfilling."""
         from indexer.embed_stage import EmbedStage
 
+        have = self.catalog.spaces.have
         out: list[Stage] = []
         for name, sp in self.spaces.items():
-            models: list[tuple[Embedder, VectorIndex | None]] = []
             if name != "clip":
-                models.append((sp.embedder, sp.index))
+                out.append(EmbedStage(name, sp.embedder, sp.index, have))
             if sp.target is not None:
-                models.append((sp.target, None))
-            if models:
-                out.append(EmbedStage(name, models, self.catalog.spaces.have))
+                out.append(EmbedStage(name, sp.target, None, have))
         return out
 
     def stage_names(self) -> list[str]:

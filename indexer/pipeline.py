@@ -23,12 +23,17 @@ import numpy as np
 
 from catalog import Catalog, KnownPath, NewItem
 from indexer.audio import decode_audio
-from indexer.media import Limits, MediaError, decode_image, read_file
+from indexer.media import Limits, MediaError, RawFile, decode_image, read_file
 from indexer.scan import Found, Problem, ScanRules, check_file, scan
 from indexer.sniff import sniff_audio
 from indexer.stages import AUDIO_RATE, StageRunner, Work, shrink
 from search.embedders import Embedder, ModelUnavailable
 from search.index_sync import VectorIndex
+
+# Sounds up to this long wait for their batch's embedding stage as waveforms (3.8 MB at
+# 16 kHz); longer ones are embedded by the stage's backfill right after the run, which
+# keeps only the model's clips (an hour waiting in the decode window would be 230 MB).
+INLINE_AUDIO_SECONDS = 60.0
 
 
 @dataclass
@@ -120,7 +125,7 @@ class Pipeline:
                 out.attach = True
                 return out
             if sniff_audio(raw.data[:64]):
-                return self._prepare_audio(out, raw.data, found)
+                return self._prepare_audio(out, raw, found)
             decoded = decode_image(raw.data, self.opts.limits, draft_side)
             out.tensor = self.embedder.preprocess(decoded.image)
             if self.inline_stages and self.stages is not None and self.stages.image_side:
@@ -139,15 +144,16 @@ class Pipeline:
             out.error = f"unexpected error: {type(exc).__name__}: {exc}"
         return out
 
-    def _prepare_audio(self, out: _Prepared, data: bytes, found: Found) -> _Prepared:
+    def _prepare_audio(self, out: _Prepared, raw: RawFile, found: Found) -> _Prepared:
         """A sound: catalogued now (kind audio: CLIP does not take it), embedded by the
         spaces that take audio in their stage (ImageBind)."""
-        got = decode_audio(data, self.opts.limits, AUDIO_RATE)
-        if self.inline_stages and self.stages is not None and self.stages.takes("audio"):
+        got = decode_audio(raw.data, self.opts.limits, AUDIO_RATE)
+        if (self.inline_stages and self.stages is not None and self.stages.takes("audio")
+                and got.duration_s <= INLINE_AUDIO_SECONDS):  # fmt: skip
             out.audio = got.samples
         out.item = NewItem(
             sha256=out.sha256, kind="audio", size_bytes=out.size, path=found.path,
-            mtime_ns=found.mtime_ns, format=got.format,
+            mtime_ns=raw.mtime_ns, format=got.format,
             meta={"duration_s": round(got.duration_s, 3), "sample_rate": got.sample_rate,
                   "channels": got.channels},
         )  # fmt: skip

@@ -40,7 +40,8 @@ class Work:
     kind: str = "image"
     image: Image.Image | None = None
     vector: np.ndarray | None = None
-    audio: np.ndarray | None = None
+    audio: Any = None  # the waveform, or (audio_ready) what the stage's prepare_audio made
+    audio_ready: bool = False
 
 
 @runtime_checkable
@@ -120,6 +121,7 @@ class StageRunner:
         self.clip_model_id = clip_model_id  # which stored vectors "clip" stages read
         self.stats = RunStats()
         self._cursor: dict[str, int] = {}
+        self._turn = 0  # which live stage backfill_step offers work to first
 
     @property
     def image_side(self) -> int:
@@ -232,7 +234,11 @@ class StageRunner:
         over CLIP vectors, or two pictures of a stage over pixels (a panoptic batch on a
         CPU takes minutes, and new files must not wait that long). True when something
         ran. Each stage keeps a cursor, so items it cannot take yet never spin the loop."""
-        for stage in self.live():
+        live = self.live()
+        # Stages take turns (round robin): days of ImageBind backfill must not starve
+        # detection or labels of the watcher's idle time, nor the other way round.
+        start = self._turn % len(live) if live else 0
+        for stage in live[start:] + live[:start]:
             after = self._cursor.get(stage.name, 0)
             limit = self.batch_size if stage.needs == "clip" else 2
             ids = self._pending(stage, limit, after)
@@ -243,6 +249,7 @@ class StageRunner:
             works = self._inputs(stage, ids)
             if works:
                 self._run_stage(stage, works)
+                self._turn = live.index(stage) + 1
                 return True
         return False
 
@@ -272,17 +279,17 @@ class StageRunner:
         paths = self.catalog.paths_for(ids)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             got = list(pool.map(
-                lambda i: self._decode(i, kinds.get(i, "image"), paths.get(i, [])), ids
+                lambda i: self._decode(i, kinds.get(i, "image"), paths.get(i, []), stage), ids
             ))  # fmt: skip
         works, failures = [], {}
         for item_id, res in zip(ids, got, strict=True):
             kind = kinds.get(item_id, "image")
             if isinstance(res, str):
                 failures[item_id] = res
-            elif isinstance(res, np.ndarray):
-                works.append(Work(item_id, kind, audio=res))
-            else:
+            elif isinstance(res, Image.Image):
                 works.append(Work(item_id, kind, image=res))
+            else:
+                works.append(Work(item_id, kind, audio=res, audio_ready=prepares(stage)))
         if failures:
             self.catalog.stages.save(stage.name, stage.model_id, {}, failures)
             self.stats.add(stage.name, 0, len(failures))
@@ -295,9 +302,9 @@ class StageRunner:
                 out[item_id] = np.frombuffer(vec, dtype=np.float32)
         return out
 
-    def _decode(self, item_id: int, kind: str, paths: list[str]) -> Image.Image | np.ndarray | str:
-        """The item's picture (or sound) from the first of its paths that decodes, or the
-        reason."""
+    def _decode(self, item_id: int, kind: str, paths: list[str], stage: Stage) -> Any:
+        """The item's picture (or sound: prepared by the stage when it can, in this worker
+        thread) from the first of its paths that decodes, or the reason (a str)."""
         why = "no path left for this item"
         for path in paths:
             # Escaped: a name that is not UTF-8 cannot go into a text column as is.
@@ -305,7 +312,8 @@ class StageRunner:
             try:
                 raw = read_file(path, self.limits)
                 if kind == "audio":
-                    return decode_audio(raw.data, self.limits, AUDIO_RATE).samples
+                    samples = decode_audio(raw.data, self.limits, AUDIO_RATE).samples
+                    return stage.prepare_audio(samples) if prepares(stage) else samples
                 return shrink(decode_image(raw.data, self.limits, self.image_side).image,
                               self.image_side)  # fmt: skip
             except MediaError as exc:
@@ -313,6 +321,10 @@ class StageRunner:
             except Exception as exc:  # a decoder bug is this item's failure, not the run's
                 why = f"{where}: unexpected error: {type(exc).__name__}: {exc}"
         return why
+
+
+def prepares(stage: Stage) -> bool:
+    return callable(getattr(stage, "prepare_audio", None))
 
 
 def _has_input(stage: Stage, w: Work) -> bool:

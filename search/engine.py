@@ -70,7 +70,10 @@ class SearchEngine:
         scores = dict(self._top(q, n + (0 if allow is not None else len(skip)), allow))
         for i in skip:
             scores.pop(i, None)
-        named = self.catalog.items_labelled_in(label_text) if label_text else {}
+        # Stored labels are CLIP's (zero-shot ImageNet): they boost CLIP's scores only.
+        named = (
+            self.catalog.items_labelled_in(label_text) if label_text and self.name == "clip" else {}
+        )
         boost = (set(named) - skip if allow is None else set(named) & allow) if named else set()
         if boost:
             self._boost(q, n, scores, named, boost)

@@ -24,6 +24,11 @@ class NoSpace(ValueError):
     """No enabled space can answer this query (the message says what would)."""
 
 
+class BadSpace(NoSpace):
+    """The space asked for cannot take this query or kind (a bad request, not a setup
+    matter)."""
+
+
 @dataclass
 class Space:
     name: str
@@ -80,9 +85,9 @@ def pick(spaces: Mapping[str, P], query: str, kind: str | None, requested: str |
                 f"to EVERLOOK_SPACES"
             )
         if query not in space.modalities:
-            raise NoSpace(f"the {requested} space cannot embed {_name(query)} queries")
+            raise BadSpace(f"the {requested} space cannot embed {_name(query)} queries")
         if kind and kind not in space.kinds:
-            raise NoSpace(f"the {requested} space holds no {kind} items")
+            raise BadSpace(f"the {requested} space holds no {kind} items")
         return space
     for space in spaces.values():  # in settings order: clip first
         if query in space.modalities and (kind is None or kind in space.kinds):

@@ -91,7 +91,7 @@ def test_more_like_a_sound_item_goes_through_imagebind(sound_api: Api):
     sound = sound_api.item_id("mid.ogg")
     rows = sound_api.ok(f"/api/items/{sound}/similar", params={"kind": "audio"})["results"]
     assert sound not in [x["item_id"] for x in rows] and len(rows) == 2
-    err = error_of(sound_api.get(f"/api/items/{sound}/similar", params={"space": "clip"}), 409)
+    err = error_of(sound_api.get(f"/api/items/{sound}/similar", params={"space": "clip"}), 422)
     assert "cannot embed sound" in err["message"]
 
 
@@ -139,3 +139,13 @@ def test_sound_search_without_the_imagebind_space_says_how_to_enable_it(
         assert "imagebind" in err["message"] and "EVERLOOK_SPACES" in err["message"]
         err = error_of(api.get("/api/search", params={"q": "rain", "kind": "audio"}), 409)
         assert "imagebind" in err["message"]
+
+
+def test_a_cursor_of_one_space_is_refused_by_another(sound_api: Api):
+    page = sound_api.ok("/api/search", params={"q": "a tone", "kind": "audio", "k": 1})
+    assert page["next_cursor"]
+    r = sound_api.get("/api/search", params={"q": "a tone", "cursor": page["next_cursor"]})
+    assert "cursor" in error_of(r, 400)["message"]
+    sound = sound_api.item_id("low.wav")
+    r = sound_api.client.post(f"/api/items/{sound}/classify", json={"labels": ["a", "b"]})
+    assert "sound" in error_of(r, 422)["message"]

@@ -141,9 +141,7 @@ def test_a_new_clip_model_backfills_while_the_old_one_answers_until_switched(
     assert p3.spaces["clip"].embedder.model_id == SEED1 and p3.spaces["clip"].target is None
     assert p3.index.count() == 4
     # The old vectors stay until pruned, then go.
-    assert cli.json("spaces")[1]["unused"] == [
-        {"space": "clip", "model_id": SEED0, "vectors": 4}
-    ]
+    assert cli.json("spaces")[1]["unused"] == [{"space": "clip", "model_id": SEED0, "vectors": 4}]
     assert cli("db", "prune").exit_code == 0
     assert p3.catalog.embedding_ids("clip", SEED0) == []
     assert sorted(p3.catalog.embedding_ids("clip", SEED1)) == [1, 2, 3, 4]
@@ -192,8 +190,12 @@ def test_a_catalog_from_before_spaces_keeps_its_vectors_and_takes_a_second_model
                           "VALUES (1, 'aa', 'image', 10, '2026-01-01')"))  # fmt: skip
         conn.execute(text("INSERT INTO paths (item_id, path, size, mtime_ns, updated_at) "
                           "VALUES (1, X'2f612e6a7067', 10, 1, '2026-01-01')"))  # fmt: skip
-        conn.execute(text("INSERT INTO embeddings (item_id, space, model_id, dim, vector, "
-                          "created_at) VALUES (1, 'clip', 'm0', 1, X'0000803f', '2026-01-01')"))
+        conn.execute(
+            text(
+                "INSERT INTO embeddings (item_id, space, model_id, dim, vector, "
+                "created_at) VALUES (1, 'clip', 'm0', 1, X'0000803f', '2026-01-01')"
+            )
+        )
     migrations.upgrade(engine)
     cat = Catalog(engine)
     assert cat.paths_for([1]) == {1: ["/a.jpg"]}
@@ -207,3 +209,78 @@ def _vector_output(value: float) -> Any:
     from catalog.results import StageOutput
 
     return StageOutput(space="clip", vectors={"m1": np.float32(value).tobytes()})
+
+
+def test_a_new_model_without_weights_never_holds_back_the_active_one(
+    env, tmp_path: Path, monkeypatch
+):
+    """The backfilling model has its own stage: its missing weights stop only it."""
+    parts = with_imagebind(monkeypatch)
+    sound_library(tmp_path / "lib")
+    parts.pipeline().run([str(tmp_path / "lib")])
+    monkeypatch.setenv("EVERLOOK_IMAGEBIND_MODEL", "no-such-imagebind")
+    from everlook.settings import Settings
+    from everlook.wiring import Parts
+
+    p2 = Parts(Settings())
+    assert p2.spaces["imagebind"].target is not None
+    tone(tmp_path / "lib" / "sounds" / "late.wav", 700)
+    pipeline = p2.pipeline()
+    pipeline.run([str(tmp_path / "lib")])
+    p2.stage_runner().backfill()
+    runner = pipeline.stages
+    assert "embed/imagebind:next" in runner.stats.unavailable
+    assert "embed/imagebind" not in runner.stats.unavailable
+    active = p2.spaces["imagebind"]
+    assert len(p2.catalog.embedding_ids("imagebind", active.embedder.model_id)) == 7
+    assert active.index.count() == 7  # the late sound is searchable
+
+
+def test_switching_back_to_an_earlier_model_reuses_its_stored_vectors(
+    parts, tmp_path: Path, monkeypatch, seed1, cli
+):
+    from everlook.settings import Settings
+    from everlook.wiring import Parts
+
+    make_library(tmp_path / "lib", 3)
+    parts.pipeline().run([str(tmp_path / "lib")])
+    monkeypatch.setenv("EVERLOOK_CLIP_PRETRAINED", seed1)
+    assert cli("enrich").exit_code == 0 and cli("spaces", "switch", "clip").exit_code == 0
+    monkeypatch.setenv("EVERLOOK_CLIP_PRETRAINED", "seed0")  # back: seed0's vectors are kept
+    back = Parts(Settings())
+    assert back.spaces["clip"].target.model_id == SEED0
+    runner = back.stage_runner()
+    calls: list[int] = []
+    target = back.spaces["clip"].target
+    real = target.embed_images
+    monkeypatch.setattr(target, "embed_images", lambda imgs: calls.append(len(imgs)) or real(imgs))
+    runner.backfill()
+    assert calls == [] and runner.stats.done == {"embed/clip:next": 3}
+
+
+def test_idle_backfill_gives_every_stage_its_turn(env, tmp_path: Path, monkeypatch):
+    """Round robin: a long ImageBind backfill does not starve the other stages."""
+    monkeypatch.setenv("EVERLOOK_STAGES", '["style"]')
+    parts = with_imagebind(monkeypatch)
+    make_library(tmp_path / "lib", 6)
+    parts.pipeline(inline_stages=False).run([str(tmp_path / "lib")])
+    runner = parts.stage_runner()
+    order = []
+    for _ in range(4):
+        before = dict(runner.stats.done)
+        assert runner.backfill_step()
+        order += [n for n, c in runner.stats.done.items() if c != before.get(n, 0)]
+    assert order[:2] == ["embed/imagebind", "style"] and len(set(order)) == 2
+
+
+def test_spaces_are_kept_in_a_fixed_order_whatever_order_the_setting_names_them(monkeypatch):
+    from everlook.settings import Settings
+
+    monkeypatch.setenv("EVERLOOK_SPACES", '["imagebind", "clip", "imagebind"]')
+    assert Settings(_env_file=None).spaces == ["clip", "imagebind"]  # type: ignore[call-arg]
+
+
+def test_another_clip_count_is_another_model_for_provenance(env, monkeypatch):
+    monkeypatch.setenv("EVERLOOK_AUDIO_CLIPS", "5")
+    parts = with_imagebind(monkeypatch)
+    assert parts.spaces["imagebind"].embedder.model_id == f"imagebind/{TINY_IMAGEBIND}+clips5"

@@ -337,7 +337,7 @@ def test_switching_to_a_new_clip_model_re_runs_stages_over_clip_vectors_only(
     runner.stages = spies
     runner.backfill()
     seen = {s.name: sorted(s.seen) for s in spies}
-    assert seen == {"embed/clip": sorted(before), "detect/yolo": [], "style": []}
+    assert seen == {"embed/clip:next": sorted(before), "detect/yolo": [], "style": []}
     other.catalog.spaces.set_active("clip", target.model_id, other.embedder_args("clip"))
     switched = make_parts(monkeypatch, ["detect/yolo", "style"], **extra)
     runner = switched.stage_runner()

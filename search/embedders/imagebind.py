@@ -186,6 +186,9 @@ class _Loaded:
     net: Any  # ImageBindModel, on the runtime's device, in eval mode
 
 
+DEFAULT_CLIPS = 3  # upstream's clips_per_video
+
+
 class ImageBindEmbedder(LazyModel[_Loaded]):
     """ImageBind behind the Embedder protocol, plus sound. Loads on first use."""
 
@@ -217,6 +220,14 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
         self.audio_clips = audio_clips
         self._cfg: dict[str, Any] | None = None
         self._vision_transform: Any = None
+
+    @property
+    def model_id(self) -> str:
+        # How many clips a recording is heard through is part of what its vector means:
+        # another count is another model for provenance (it backfills, then is switched
+        # to), so one index never mixes vectors made both ways.
+        base = super().model_id
+        return base if self.audio_clips == DEFAULT_CLIPS else f"{base}+clips{self.audio_clips}"
 
     # ---- configuration (no torch) ------------------------------------------------------
     def config(self) -> dict[str, Any]:
