@@ -313,7 +313,8 @@ class StageRunner:
                 raw = read_file(path, self.limits)
                 if kind == "audio":
                     samples = decode_audio(raw.data, self.limits, AUDIO_RATE).samples
-                    return stage.prepare_audio(samples) if prepares(stage) else samples
+                    prepare = getattr(stage, "prepare_audio", None)  # e.g. the model's clips
+                    return prepare(samples) if prepare is not None else samples
                 return shrink(decode_image(raw.data, self.limits, self.image_side).image,
                               self.image_side)  # fmt: skip
             except MediaError as exc:
