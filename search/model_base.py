@@ -147,6 +147,11 @@ class LazyModel(ABC, Generic[M]):
         load at a time: see there); later calls return it without locking."""
         model = self._model
         if model is None:
+            # A download (ImageBind-huge: 4.8 GB) happens first, outside IMPORT_LOCK, so
+            # other models keep loading and answering meanwhile; one per model at a time.
+            with self._lock:
+                if self._model is None:
+                    self._fetch_weights()
             with IMPORT_LOCK:
                 model = self._model
                 if model is None:
@@ -170,6 +175,10 @@ class LazyModel(ABC, Generic[M]):
         model = self.load()
         with self.runtime.inference():
             return self._predict(model, inputs)
+
+    def _fetch_weights(self) -> None:
+        """Bring the weights onto this machine (download) before loading, outside
+        IMPORT_LOCK; errors surface when _load asks for them again. Default: nothing."""
 
     @abstractmethod
     def _load(self) -> M:
@@ -229,7 +238,8 @@ def download(url: str, dest: Path) -> Path:
     """Fetch url to dest atomically (temp file, then rename), with torch.hub's helper."""
     import os
 
-    from torch.hub import download_url_to_file
+    with IMPORT_LOCK:  # the import, not the transfer, must not race other imports
+        from torch.hub import download_url_to_file
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + f".{os.getpid()}.part")

@@ -19,6 +19,7 @@ Nothing here imports torch or imagebind until a model loads or an input is prepa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -317,6 +318,11 @@ class ImageBindEmbedder(LazyModel[_Loaded]):
         if self.checkpoint is None and self.name == HUGE:
             return up.models.imagebind_huge(pretrained=False)
         return up.models.ImageBindModel(**self.config())
+
+    def _fetch_weights(self) -> None:
+        # Downloads imagebind_huge when it is not here yet; a failure is said by _load.
+        with contextlib.suppress(ModelUnavailable):
+            self.resolve_weights()
 
     def _load(self) -> _Loaded:
         import torch
