@@ -116,14 +116,17 @@ class DemoLibrary:
 
 
 def demo_library(base: Path, per_pair: int = 2, per_style: int = 6) -> DemoLibrary:
-    """The demo world (its own CLIP and YOLO), indexed and enriched, in base."""
+    """The demo world's pictures (its own CLIP and YOLO), indexed and enriched, in base.
+    Pictures only, in the clip space only: the tests of sound build their own libraries
+    (tests/test_spaces.py, test_api_audio.py...), and these tests also cover a server
+    without the imagebind space."""
     sys.path.insert(0, str(REPO))
     from tools import demo as demo_tool
 
     settings = {"EVERLOOK_HOME": str(base / "home"), "EVERLOOK_DEVICE": "cpu",
-                **demo_tool.demo_settings()}  # fmt: skip
+                **demo_tool.demo_settings(), "EVERLOOK_SPACES": '["clip"]'}  # fmt: skip
     lib = base / "library"
-    demo_tool.build_library(lib, per_pair=per_pair, per_style=per_style)
+    demo_tool.build_library(lib, per_pair=per_pair, per_style=per_style, per_sound=0)
     done = run_cli(settings, "index", str(lib), cwd=base)
     if done.returncode != 0:
         raise RuntimeError(f"indexing the demo library failed:\n{done.stdout}\n{done.stderr}")

@@ -34,10 +34,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, list[P
     with pytest.MonkeyPatch.context() as mp:
         only_these_settings(mp, {
             "EVERLOOK_HOME": str(base / "home"), "EVERLOOK_DEVICE": "cpu",
-            **demo_tool.demo_settings(),
+            **demo_tool.demo_settings(), "EVERLOOK_SPACES": '["clip"]',
         })  # fmt: skip
         lib = base / "lib"
-        demo_tool.build_library(lib, per_pair=2, per_style=8)
+        demo_tool.build_library(lib, per_pair=2, per_style=8, per_sound=0)
         cli = Cli()
         code, summary = cli.json("index", str(lib))
         assert code == 0, summary

@@ -1,13 +1,15 @@
 """`make demo`: try Everlook offline with its own small model, `everlook-demo`.
 
 Generates a library of a few hundred pictures (coloured shapes, and artworks in five
-styles) under $EVERLOOK_HOME/demo/library, indexes it with `everlook-demo` into a
-catalog of its own ($EVERLOOK_HOME/demo, so your real catalog is not touched), then
-runs text, image and --like queries and prints what they return.
+styles) and a few dozen sounds (each shape has a sound of its own: tones, buzzes,
+chirps, clicks, rumbles, sirens) under $EVERLOOK_HOME/demo/library, indexes it with
+`everlook-demo` (CLIP) and `everlook-demo-imagebind` (ImageBind) into a catalog of its
+own ($EVERLOOK_HOME/demo, so your real catalog is not touched), then runs text, image,
+sound and --like queries and prints what they return.
 
-everlook-demo is a toy: it was trained on this synthetic world only and knows colours,
-shapes, counts and five drawing styles, nothing about real photos. For real searches use
-real CLIP weights (the default ViT-B-32; see the README).
+Both demo models are toys: trained on this synthetic world only, they know colours,
+shapes, counts, five drawing styles and six made-up sounds, nothing about real photos or
+real sounds. For real searches use real weights (see the README).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ sys.path.insert(0, str(REPO))
 from tools import synthworld  # noqa: E402
 
 FORMATS = ("jpg", "png", "webp")
+SOUND_FORMATS = ("wav", "flac", "ogg")
 
 
-def build_library(root: Path, per_pair: int = 5, per_style: int = 12) -> int:
-    """Write the demo pictures (idempotent: existing files are kept). Returns the count."""
+def build_library(root: Path, per_pair: int = 5, per_style: int = 12, per_sound: int = 4) -> int:
+    """Write the demo pictures and sounds (idempotent: existing files are kept). Returns
+    the count."""
     n = 0
     pairs = [(c, s) for c in synthworld.COLOURS for s in synthworld.SHAPES]
     for i in range(per_pair * len(pairs)):
@@ -44,7 +48,23 @@ def build_library(root: Path, per_pair: int = 5, per_style: int = 12) -> int:
             rng = random.Random(seed)
             scene = synthworld.random_scene(rng, style=style, allow_held_out=True)
             n += _write(root / "artworks", scene, seed, rng, i)
+    for k, shape in enumerate(synthworld.SHAPES):
+        for i in range(per_sound):
+            n += _write_sound(root / "sounds", shape, 70_000_000 + k * 1000 + i, i)
     return n
+
+
+def _write_sound(folder: Path, shape: str, seed: int, i: int) -> int:
+    import soundfile
+
+    from tools import synthsound
+
+    path = folder / f"{shape}-sound-{i:02d}.{SOUND_FORMATS[i % len(SOUND_FORMATS)]}"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        samples = synthsound.sound(shape, random.Random(seed))
+        soundfile.write(str(path), samples, synthsound.RATE)
+    return 1
 
 
 def _write(folder: Path, scene: synthworld.Scene, seed: int, rng: random.Random, i: int) -> int:
@@ -69,6 +89,8 @@ def demo_settings() -> dict[str, str]:
              for t in (f"a photo of a {c} {sh}", f"a {c} {sh}")]  # fmt: skip
     return {
         "EVERLOOK_CLIP_MODEL": "everlook-demo", "EVERLOOK_CLIP_PRETRAINED": "v1",
+        "EVERLOOK_SPACES": json.dumps(["clip", "imagebind"]),
+        "EVERLOOK_IMAGEBIND_MODEL": "everlook-demo-imagebind",
         "EVERLOOK_STAGES": json.dumps(["detect/yolo", "style"]),
         "EVERLOOK_YOLO_MODEL": "everlook-demo-yolo.pt",
         "EVERLOOK_ARTISTS": json.dumps(list(synthworld.STYLES)),
@@ -90,8 +112,13 @@ def main() -> int:
     query.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(7)
     synthworld.render(synthworld.random_scene(rng, shape="square", colour="green"), 7).save(query)
-    print(f"demo library: {n} pictures in {lib} ({time.time() - t0:.0f}s)")
-    print("model: everlook-demo, a toy CLIP trained on these synthetic pictures only\n")
+    from tools import synthsound
+
+    heard = base / "queries" / "a-star-sound.wav"  # a sound the library does not hold
+    synthsound.write_wav(heard, synthsound.sound("star", random.Random(9_000_007)))
+    print(f"demo library: {n} pictures and sounds in {lib} ({time.time() - t0:.0f}s)")
+    print("models: everlook-demo (a toy CLIP) and everlook-demo-imagebind (a toy ImageBind),")
+    print("trained on these synthetic pictures and sounds only\n")
 
     def everlook(*args: str) -> int:
         print(f"$ everlook {' '.join(args)}", flush=True)
@@ -110,6 +137,10 @@ def main() -> int:
         ("search", "--like", str(like), "-k", "5"),
         ("search", "stars", "--has", "star:3", "-k", "5"),
         ("search", "an artwork", "--style", "mosaic", "-k", "5"),
+        ("search", "--audio", str(heard), "--kind", "image", "-k", "5"),  # star pictures
+        ("search", "--audio", str(heard), "-k", "3"),  # pictures and sounds: star sounds
+        ("search", "the sound of a circle", "--kind", "audio", "-k", "3"),
+        ("search", "--image", str(query), "--kind", "audio", "-k", "3"),  # a square's sound
         ("show", str(like)),
         ("stats",),
     ):
@@ -118,6 +149,8 @@ def main() -> int:
     print(
         f"Done in {time.time() - t0:.0f}s. Try your own queries with "
         f"EVERLOOK_HOME={base} EVERLOOK_CLIP_MODEL=everlook-demo EVERLOOK_CLIP_PRETRAINED=v1 "
+        f'EVERLOOK_SPACES=\'["clip", "imagebind"]\' '
+        f"EVERLOOK_IMAGEBIND_MODEL=everlook-demo-imagebind "
         f'.venv/bin/everlook search "..." (tools/demo.py lists the other demo settings)\n'
     )
     print("Search it in your browser:  make serve-demo   then open http://127.0.0.1:8000/")
