@@ -105,14 +105,18 @@ class Parts:
             batch_size=s.batch_size, workers=s.decode_workers, draft=s.draft_decode,
             save_every=s.index_save_every,
         )  # fmt: skip
-        runner = self.stage_runner() if self.stage_names() else None
-        return Pipeline(self.embedder, self.index, self.catalog, opts, runner, inline_stages)
+        runner = self.stage_runner()
+        return Pipeline(self.embedder, self.index, self.catalog, opts,
+                        runner if runner.stages else None, inline_stages)  # fmt: skip
 
     def stage_runner(self, names: Sequence[str] | None = None) -> StageRunner:
         """The enrichment stages named (default: the enabled ones), ready to run. Nothing
         loads here: each model loads on its first batch."""
         s = self.settings
-        stages = [self.stage(n) for n in (self.stage_names() if names is None else names)]
+        if names is None:  # the spaces' embed stages, then the enabled enrichment stages
+            stages = [*self.embed_stages(), *(self.stage(n) for n in s.stages)]
+        else:
+            stages = [self.stage(n) for n in names]
         return StageRunner(
             stages, self.catalog, self.limits(), max_attempts=s.stage_max_attempts,
             batch_size=min(s.batch_size, 16), workers=s.decode_workers or 2,

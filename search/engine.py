@@ -14,7 +14,7 @@ from catalog.filters import Filters
 from search.embedders import Embedder
 from search.index_sync import VectorIndex
 from search.query import MAX_DEPTH, Cursor, compose, parse
-from search.spaces import kinds_for
+from search.spaces import Modal
 
 # How much a stored label named by a text query adds to an item's score, times the
 # label's probability: enough to lift a confidently labelled item past near-ties
@@ -30,7 +30,7 @@ class Hit:
     paths: list[str]
 
 
-class SearchEngine:
+class SearchEngine(Modal):
     def __init__(self, embedder: Embedder, index: VectorIndex, catalog: Catalog) -> None:
         self.embedder = embedder
         self.index = index
@@ -40,14 +40,6 @@ class SearchEngine:
     @property
     def name(self) -> str:
         return str(getattr(self.embedder, "space", "clip"))  # tests may pass no embedder
-
-    @property
-    def modalities(self) -> frozenset[str]:
-        return frozenset(self.embedder.modalities)
-
-    @property
-    def kinds(self) -> frozenset[str]:
-        return kinds_for(self.modalities)
 
     def ranked(
         self, vector: np.ndarray, n: int, filters: Filters | None = None,

@@ -29,12 +29,11 @@ class BadSpace(NoSpace):
     matter)."""
 
 
-@dataclass
-class Space:
-    name: str
-    embedder: Embedder  # the active model: answers queries, its vectors are indexed
-    index: VectorIndex
-    target: Embedder | None = None  # a newly configured model still backfilling
+class Modal:
+    """What pick() reads of whatever answers a space's queries (a Space, a SearchEngine):
+    the modalities its embedder takes and the item kinds those hold."""
+
+    embedder: Embedder
 
     @property
     def modalities(self) -> frozenset[str]:
@@ -44,9 +43,13 @@ class Space:
     def kinds(self) -> frozenset[str]:
         return kinds_for(self.modalities)
 
-    @property
-    def switching(self) -> bool:
-        return self.target is not None
+
+@dataclass
+class Space(Modal):
+    name: str
+    embedder: Embedder  # the active model: answers queries, its vectors are indexed
+    index: VectorIndex
+    target: Embedder | None = None  # a newly configured model still backfilling
 
     @property
     def target_kinds(self) -> frozenset[str]:

@@ -17,7 +17,15 @@ import pytest
 
 from tests.conftest import TINY, TINY_IMAGEBIND, TINY_TAG
 from tests.helpers import make_library, tone
-from tests.test_browser import CHROMIUM, TIMEOUT_MS, Api, is_search, sync_api, wait_grid
+from tests.test_browser import (
+    CHROMIUM,
+    TIMEOUT_MS,
+    Api,
+    is_search,
+    open_page,
+    sync_api,
+    wait_grid,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -85,14 +93,6 @@ def page(browser: Any, sound_server: Api) -> Iterator[Any]:
     ctx.close()
     assert not errors, errors
     assert not csp, csp
-
-
-def open_page(page: Any, server: Api, query: str = "") -> list[dict[str, Any]]:
-    with page.expect_response(is_search("/api/search")) as r:
-        page.goto(server.url + "/" + query)
-    results = r.value.json()["results"]
-    wait_grid(page, [x["item_id"] for x in results])
-    return results
 
 
 def is_audio_search(res: Any) -> bool:
