@@ -29,6 +29,10 @@ from tools import synthworld  # noqa: E402
 
 TOKEN = "test-token-3f9a"
 TIMEOUT_MS = 30_000
+# Assertions on what the page shows wait for it (a click's effect follows a fetch):
+# asserting is_visible() right after a click raced the item view on a busy CI machine.
+expect = sync_api.expect
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 # ---------------------------------------------------------------- servers
@@ -200,12 +204,12 @@ def test_dropping_a_picture_shows_pictures_of_the_same_colour_and_shape(page, se
         page.set_input_files("#file-input", str(triangle))
     wait_grid(page, [x["item_id"] for x in r.value.json()["results"]])
     like_query(grid_paths(page), "blue", "triangle", exact=2, near=5)
-    assert page.locator("#query-pill").is_visible()
+    expect(page.locator("#query-pill")).to_be_visible()
 
     # Back to words; then a real drop (a File in a DataTransfer, dropped on the page).
     with page.expect_response(is_search("/api/search")):
         page.click("#query-pill-clear")
-    assert page.locator("#query-pill").is_hidden()
+    expect(page.locator("#query-pill")).to_be_hidden()
     star = shape_picture(tmp_path, "yellow", "star", 11)
     data = base64.b64encode(star.read_bytes()).decode()
     with page.expect_response(is_search("/api/search/image")) as r:
@@ -224,7 +228,7 @@ def test_dropping_a_picture_shows_pictures_of_the_same_colour_and_shape(page, se
     image_only = [x["item_id"] for x in r.value.json()["results"]]
     wait_grid(page, image_only)
     like_query(grid_paths(page), "yellow", "star", exact=2, near=5)
-    assert page.locator("#drop-overlay").is_hidden()
+    expect(page.locator("#drop-overlay")).to_be_hidden()
 
     # Words typed now go along with the picture (form field q): the grid shows what the
     # API answers for picture and words together.
@@ -244,7 +248,7 @@ def test_opening_an_item_shows_its_detection_boxes_where_the_objects_are(page, s
 
     page.click(f'.result[data-item-id="{target["item_id"]}"]')
     view = page.locator("#item-view")
-    assert view.is_visible()
+    expect(view).to_be_visible()
     boxes = view.locator(".box")
     boxes.nth(len(dets) - 1).wait_for()
     page.wait_for_function("() => document.getElementById('item-img').naturalWidth > 0")
@@ -253,7 +257,7 @@ def test_opening_an_item_shows_its_detection_boxes_where_the_objects_are(page, s
         d["label"] for d in dets
     )
     for b in boxes.all():
-        assert b.is_visible()
+        expect(b).to_be_visible()
     # Each box sits where its fractions say, over the picture.
     img = view.locator("#item-img").bounding_box()
     for b, d in zip(boxes.all(), dets, strict=True):
@@ -432,7 +436,7 @@ def test_a_sound_search_shows_the_servers_message(page, server, tmp_path):
     )
     assert "error" in (status.get_attribute("class") or "")
     assert grid_ids(page)[: len(before)] == before  # the grid keeps what it showed
-    assert page.locator("#query-pill").is_hidden()  # and the search it answers
+    expect(page.locator("#query-pill")).to_be_hidden()  # and the search it answers
 
 
 def test_with_a_token_the_page_asks_for_it_then_shows_results(page, token_server):
@@ -445,7 +449,7 @@ def test_with_a_token_the_page_asks_for_it_then_shows_results(page, token_server
         page.locator("#token-form button[type=submit]").click()
     assert r.value.ok
     wait_grid(page, [x["item_id"] for x in r.value.json()["results"]])
-    assert form.is_hidden()
+    expect(form).to_be_hidden()
     assert page.evaluate("localStorage.getItem('everlook.token')") == TOKEN
     # Thumbnails need the header, so they come through object URLs.
     page.wait_for_function(
@@ -454,4 +458,4 @@ def test_with_a_token_the_page_asks_for_it_then_shows_results(page, token_server
     )
     page.reload()
     page.locator(".result").first.wait_for()
-    assert form.is_hidden()
+    expect(form).to_be_hidden()

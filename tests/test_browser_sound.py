@@ -21,6 +21,7 @@ from tests.test_browser import (
     CHROMIUM,
     TIMEOUT_MS,
     Api,
+    expect,
     is_search,
     open_page,
     sync_api,
@@ -206,7 +207,8 @@ def test_a_wav_upload_shows_sound_cards_with_waveform_duration_and_a_player(
         arg=first,
     )
     assert page.locator(f"{first} .play").get_attribute("aria-pressed") == "true"
-    assert page.locator("#item-view").is_hidden() and "#item=" not in page.url
+    expect(page.locator("#item-view")).to_be_hidden()
+    assert "#item=" not in page.url
     # One sound at a time: playing the second pauses the first.
     page.click(f"{second} .play")
     page.wait_for_function(
@@ -244,9 +246,10 @@ def test_a_sound_opens_with_its_big_waveform_a_player_and_its_format(page: Any, 
         "[document.getElementById('item-img').naturalWidth,"
         " document.getElementById('item-img').naturalHeight]"
     ) == [1024, 256]
-    assert page.locator("#item-img").is_visible()
+    expect(page.locator("#item-img")).to_be_visible()
     player = page.locator("#item-audio")
-    assert player.is_visible() and player.get_attribute("controls") is not None
+    expect(player).to_be_visible()
+    assert player.get_attribute("controls") is not None
     assert player.get_attribute("src") == detail["file"]
     meta = dict(
         zip(
@@ -295,7 +298,7 @@ def test_the_kind_selector_with_words_shows_pictures_then_only_sounds_then_both(
 def test_a_recording_from_the_microphone_is_sent_as_16_khz_mono_wav(page: Any, sound_server: Api):
     open_page(page, sound_server)
     mic = page.locator("#mic")
-    assert mic.is_visible()
+    expect(mic).to_be_visible()
     mic.click()
     page.wait_for_function("() => document.getElementById('mic').classList.contains('recording')")
     page.wait_for_timeout(2000)
