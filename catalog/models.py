@@ -247,3 +247,58 @@ class LabelRow(Base):
     label: Mapped[str] = mapped_column(String(200))
     score: Mapped[float] = mapped_column(Float)
     rank: Mapped[int] = mapped_column(Integer)
+
+
+class JobState(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class StyleJob(Base):
+    """A style-transfer job: render an item in the style of another item, an uploaded
+    picture or an artist. Claimed by a worker under a lease it renews every step, so a
+    worker that dies has its job taken over once the lease runs out (or at once by the
+    next worker on the same host, which sees the owner's process is gone).
+
+    Items are referred to with ON DELETE SET NULL: deleting an item never deletes the
+    history of what was made from it; a queued job whose item went fails cleanly. The
+    content's SHA-256 is kept for provenance either way."""
+
+    __tablename__ = "style_jobs"
+    __table_args__ = (Index("ix_style_jobs_state_created", "state", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    state: Mapped[JobState] = mapped_column(
+        Enum(JobState, name="job_state", native_enum=False, length=16)
+    )
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"))
+    item_sha256: Mapped[str] = mapped_column(String(64))
+    style_kind: Mapped[str] = mapped_column(String(16))  # item | upload | artist
+    style_item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"))
+    style_sha256: Mapped[str | None] = mapped_column(String(64))
+    style_artist: Mapped[str | None] = mapped_column(String(200))
+    style_file: Mapped[str | None] = mapped_column(Text)  # an upload, relative to the data dir
+    settings: Mapped[str] = mapped_column(Text)  # JSON of StyleSettings
+    model_id: Mapped[str | None] = mapped_column(String(200))
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer)
+    preview_step: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    add_to_library: Mapped[bool] = mapped_column(default=False)
+    result_file: Mapped[str | None] = mapped_column(Text)  # relative to the data dir
+    # The item a result became when added to the library is the item with these bytes:
+    # found by a join, so whoever indexes the file (the watcher, a worker) need not
+    # come back to link it, and a crash between the two cannot leave it unlinked.
+    result_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    owner: Mapped[str | None] = mapped_column(String(200))  # host:pid:nonce of the worker
+    lease_until: Mapped[float | None] = mapped_column(Float)  # unix time
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seconds: Mapped[float | None] = mapped_column(Float)  # running time of the last attempt
