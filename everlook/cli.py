@@ -140,7 +140,6 @@ def index(
 ) -> None:
     """Index folders: new and changed files are embedded, moved files re-pointed,
     vanished files removed; then enrichment stages catch up on the whole catalog."""
-    from indexer.scan import ScanRules
     from search.embedders import ModelUnavailable
 
     for p in paths:
@@ -148,12 +147,9 @@ def index(
             err.print(f"[red]error:[/red] no such file or folder: {p}")
             raise typer.Exit(EXIT_USAGE)
     parts = _parts()
-    s = parts.settings
     if hold_writer(ctx, parts, "index", [str(p) for p in paths]):
         raise typer.Exit(EXIT_OK)  # handed to the running server
-    rules = ScanRules(
-        include or s.include, [*s.exclude, *(exclude or [])], hidden or s.include_hidden
-    )
+    rules = parts.scan_rules(include or (), exclude or (), hidden)
     started = time.monotonic()
     try:
         pipeline = parts.pipeline(rules)
@@ -380,7 +376,7 @@ def main() -> None:
 
 
 # Commands that live in their own modules register on `app` when imported.
-from everlook import cli_search, cli_serve, cli_spaces  # noqa: E402, F401
+from everlook import cli_search, cli_serve, cli_spaces, cli_stylize  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,6 @@ def watch(
     """Index folders, then keep following them as files arrive, change, move and vanish."""
     import signal
 
-    from indexer.scan import ScanRules
     from indexer.watch import summary
     from search.embedders import ModelUnavailable
 
@@ -43,7 +42,7 @@ def watch(
     s = parts.settings
     hold_writer(ctx, parts, "watch", [str(p) for p in paths])
     opts = watch_options(s, quiet, poll, poll_interval)
-    rules = ScanRules(s.include, s.exclude, s.include_hidden)
+    rules = parts.scan_rules()
     try:
         watcher = parts.watcher([str(p) for p in paths], rules, opts)
     except (ValueError, ImportError) as exc:  # a bad stage setting, said plainly
@@ -126,7 +125,6 @@ def serve(
     import uvicorn
 
     from everlook.lock import advertise, withdraw
-    from indexer.scan import ScanRules
 
     parts = _parts()
     s = parts.settings
@@ -154,7 +152,7 @@ def serve(
         watcher = None
         if writes:
             opts = watch_options(s, poll=poll)
-            watcher = parts.watcher(roots, ScanRules(s.include, s.exclude, s.include_hidden), opts)
+            watcher = parts.watcher(roots, parts.scan_rules(), opts)
         svc = parts.api_services(roots, watcher)
     except (ValueError, ImportError) as exc:
         raise _fail_config(exc) from exc

@@ -97,11 +97,24 @@ class Parts:
     def stage_names(self) -> list[str]:
         return [st.name for st in self.embed_stages()] + list(self.settings.stages)
 
+    def scan_rules(
+        self, include: Sequence[str] = (), exclude: Sequence[str] = (), hidden: bool = False
+    ) -> ScanRules:
+        """What scans and the watcher take: the settings' globs (and a command line's),
+        never Everlook's own data dir."""
+        import os
+
+        s = self.settings
+        return ScanRules(
+            include or s.include, [*s.exclude, *exclude], hidden or s.include_hidden,
+            skip_under=(os.path.realpath(s.home), os.path.abspath(s.home)),
+        )  # fmt: skip
+
     def pipeline(self, rules: ScanRules | None = None, inline_stages: bool = True) -> Pipeline:
         s = self.settings
         opts = PipelineOptions(
             limits=self.limits(),
-            rules=rules or ScanRules(s.include, s.exclude, s.include_hidden),
+            rules=rules or self.scan_rules(),
             batch_size=s.batch_size, workers=s.decode_workers, draft=s.draft_decode,
             save_every=s.index_save_every,
         )  # fmt: skip
@@ -217,7 +230,66 @@ class Parts:
             has_min_confidence=s.has_min_confidence, style_min_score=s.style_min_score,
             artwork_min_score=s.artwork_min_score, refresh_seconds=s.index_refresh_seconds,
         )  # fmt: skip
-        return Services(config, self.catalog, self.engines(), self.classifier, watcher)
+        from api.services import StylizeConfig
+
+        stylize = StylizeConfig(
+            home=s.home, defaults=self.style_defaults(), max_side=s.stylize_max_side,
+            max_steps=s.stylize_max_steps, queue_max=s.stylize_queue_max,
+            max_attempts=s.stylize_max_attempts,
+        )  # fmt: skip
+        # Results are added to the library by the writer: this server's watcher when it
+        # has one (through the same queue a `watch` would read).
+        index_back = self.index_back_queue() if watcher is not None else None
+        worker = self.style_worker(index_back) if s.stylize_concurrency > 0 else None
+        return Services(config, self.catalog, self.engines(), self.classifier, watcher,
+                        stylize, index_back, worker)  # fmt: skip
+
+    # ---- style transfer ----------------------------------------------------------------
+    def style_transfer(self) -> Any:
+        from enrich.stylize import StyleTransfer
+
+        s = self.settings
+        return StyleTransfer(s.stylize_weights, model_dir=s.model_dir,
+                             cache_dir=s.models_cache / "torchvision", device=s.device)  # fmt: skip
+
+    def style_defaults(self) -> dict[str, Any]:
+        """The settings a job starts from (StyleSettings' fields; a request may change
+        side, steps, optimiser and weights)."""
+        s = self.settings
+        return {
+            "side": s.stylize_side, "steps": s.stylize_steps, "optimizer": s.stylize_optimizer,
+            "content_weight": s.stylize_content_weight, "style_weight": s.stylize_style_weight,
+            "content_layers": list(s.stylize_content_layers),
+            "style_layers": list(s.stylize_style_layers),
+        }  # fmt: skip
+
+    def index_back_queue(self) -> Any:
+        """Hand a result file to the library's writer: a job on the watcher's queue,
+        indexed by whichever `serve` or `watch` runs (now or at its next start)."""
+        import os
+        import time
+
+        from catalog.jobs import JobQueue
+
+        queue = JobQueue(self.catalog.engine)
+
+        def index_back(path: str) -> None:
+            st = os.stat(path)
+            queue.put(path, "index", time.time(), st.st_size, st.st_mtime_ns, closed=True)
+
+        return index_back
+
+    def style_worker(self, index_back: Any = None, concurrency: int | None = None) -> Any:
+        from catalog.stylejobs import StyleQueue
+        from indexer.stylize_worker import StyleWorker, WorkerOptions
+
+        s = self.settings
+        opts = WorkerOptions(
+            lease_seconds=s.job_lease_seconds, preview_every=s.stylize_preview_every,
+            concurrency=s.stylize_concurrency if concurrency is None else concurrency,
+        )  # fmt: skip
+        return StyleWorker(self.catalog, StyleQueue(self.catalog.engine), self.style_transfer(),
+                           s.home, self.limits(), opts, index_back)  # fmt: skip
 
     def query_draft_side(self) -> int | None:
         """How query images are decoded: like indexed ones (JPEG draft at twice the model

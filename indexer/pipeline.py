@@ -175,7 +175,8 @@ class Pipeline:
                 problems.append((got.path, got.reason))
             else:
                 self._sort(got, known, todo, report)
-        gone = [p for p in known if p not in seen]
+        rules = self.opts.rules
+        gone = [p for p in known if p not in seen and not rules.skipped(p)]
         self._work(todo, known, {known[p].item_id for p in gone}, report, progress)
         self._finish(problems, gone, report)
         self.catalog.forget_failures_under(roots, keep=seen)

@@ -27,6 +27,13 @@ class ScanRules:
     include: Sequence[str] = ("*",)
     exclude: Sequence[str] = ()
     include_hidden: bool = False
+    # Folders never walked nor watched: Everlook's own data dir (thumbnails, style-transfer
+    # previews and results), should it lie inside a library folder. What is indexed from
+    # there on purpose (a style result added to the library) is not removed by a scan.
+    skip_under: Sequence[str] = ()
+
+    def skipped(self, path: str) -> bool:
+        return any(path == d or path.startswith(d.rstrip("/") + "/") for d in self.skip_under)
 
     def wants_name(self, name: str) -> bool:
         low = name.lower()
@@ -34,6 +41,8 @@ class ScanRules:
 
     def excluded(self, path: str, name: str) -> bool:
         if not self.include_hidden and name.startswith("."):
+            return True
+        if self.skip_under and self.skipped(path):
             return True
         return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(path, pat) for pat in self.exclude)
 
