@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.routes_items import router as items_router
 from api.routes_search import router as search_router
+from api.routes_stylize import router as stylize_router
 from api.security import TokenAuth, UploadLimit
 from api.services import Services
 
@@ -37,7 +38,8 @@ PAGE_HEADERS = {
 
 class Background:
     """Threads the server runs beside the requests: the watcher (initial reconcile,
-    then events) and the index refresher. Both stop at shutdown."""
+    then events) or the index refresher, and the style-transfer worker. All stop at
+    shutdown."""
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -45,6 +47,8 @@ class Background:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        if self.svc.worker is not None:
+            self._spawn("everlook-stylize", self.svc.worker.run_forever)
         if self.svc.watcher is not None:
             self._spawn("everlook-watch", self._watch)
         else:
@@ -83,6 +87,8 @@ class Background:
         self.stop.set()
         if self.svc.watcher is not None:
             self.svc.watcher.stop()
+        if self.svc.worker is not None:
+            self.svc.worker.stop()  # a running job goes back to the queue at its next step
         for t in self.threads:
             t.join(timeout=30)
 
@@ -115,6 +121,7 @@ def create_app(svc: Services, background: bool = True) -> FastAPI:
     errors.install(app)
     app.include_router(search_router)
     app.include_router(items_router)
+    app.include_router(stylize_router)
     # Each add wraps the app so far, so the last added runs first: CORS outermost (a
     # browser then sees its headers on a 401 or a 413 too), then the upload limit (a
     # too-long body is refused before anything else), then the token.

@@ -55,6 +55,12 @@ def item(svc: Svc, item_id: ItemId) -> dict[str, Any]:
     d.update(styles_of(d["labels"], svc.config.artwork_min_score))
     d["thumbnail"] = f"/api/items/{item_id}/thumbnail?size=1024"
     d["file"] = f"/api/items/{item_id}/file"
+    job_id = svc.jobs.derived_items([item_id]).get(item_id)
+    job = svc.jobs.get(job_id) if job_id is not None else None
+    if job is not None:
+        style = job["style"]
+        source = {k: style[k] for k in ("kind", "item_id", "artist")}
+        d["derived_from"] = {"job_id": job_id, "item_id": job["item_id"], "style": source}
     return d
 
 

@@ -95,6 +95,46 @@ class LabelScore(BaseModel):
     model_id: str
 
 
+class StyleSource(BaseModel):
+    kind: str = Field(description="item | upload | artist", examples=["artist"])
+    item_id: int | None = Field(description="the style picture's item (an artist's "
+                                "exemplar too)", examples=[31])  # fmt: skip
+    artist: str | None = Field(examples=["Claude Monet"])
+
+
+class DerivedFrom(BaseModel):
+    job_id: int
+    item_id: int | None = Field(description="the content item (null if since deleted)")
+    style: StyleSource
+
+
+class StyleJobPublic(BaseModel):
+    id: int = Field(examples=[3])
+    state: str = Field(description="queued | running | done | failed | cancelled")
+    item_id: int | None = Field(description="the content item (null if since deleted)")
+    style: StyleSource
+    settings: dict[str, Any]
+    model_id: str | None = Field(description="the network that made the result")
+    step: int = Field(description="optimiser steps done")
+    total: int
+    attempts: int
+    max_attempts: int
+    error: str | None
+    cancel_requested: bool
+    add_to_library: bool
+    derived_item_id: int | None = Field(description="the library item the result became")
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    seconds: float | None = Field(description="running time of the last attempt")
+    preview: str | None = Field(description="the picture so far (while running)")
+    result: str | None = Field(description="the result picture (PNG, when done)")
+
+
+class StyleJobList(BaseModel):
+    jobs: list[StyleJobPublic]
+
+
 class ItemDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: int
@@ -122,6 +162,10 @@ class ItemDetail(BaseModel):
     artwork: float | None
     thumbnail: str
     file: str
+    derived_from: DerivedFrom | None = Field(
+        default=None, description="set when this item is a style-transfer result added "
+        "to the library: the job that made it and its sources",
+    )  # fmt: skip
 
 
 class Facet(BaseModel):

@@ -19,6 +19,7 @@ from PIL import Image
 from api.batching import TextBatcher
 from api.files import Thumbnails
 from catalog import Catalog
+from catalog.stylejobs import StyleQueue
 from indexer.media import Limits
 from search.engine import SearchEngine
 
@@ -39,6 +40,19 @@ class ApiConfig:
     refresh_seconds: float = 2.0
 
 
+@dataclass(frozen=True)
+class StylizeConfig:
+    """What the style-transfer routes need: where results live, the settings a job
+    starts from, and the limits a request is held to."""
+
+    home: Path  # the data dir (results, previews and uploads lie under it)
+    defaults: dict[str, Any] = field(default_factory=dict)  # StyleSettings.as_dict()
+    max_side: int = 1024
+    max_steps: int = 1000
+    queue_max: int = 16
+    max_attempts: int = 3
+
+
 @dataclass
 class Services:
     config: ApiConfig
@@ -48,7 +62,12 @@ class Services:
     # from the disk cache); the factory is called once, under the model gate.
     classifier_factory: Callable[[], Any]
     watcher: Any = None  # indexer.watch.Watcher when the server indexes too
+    stylize: StylizeConfig | None = None  # None: no style transfer on this server
+    # Hands a finished result to whoever indexes the library (the watcher's queue).
+    index_back: Callable[[str], None] | None = None
+    worker: Any = None  # indexer.stylize_worker.StyleWorker run beside the requests
     thumbs: Thumbnails = field(init=False)
+    jobs: StyleQueue = field(init=False)
     # One query model call at a time: on a CPU box, parallel forward passes only
     # thrash the cores, and a single queue keeps latency fair (p99 close to p50).
     # FAISS searches and catalog reads run side by side, outside this gate.
@@ -62,6 +81,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.thumbs = Thumbnails(self.config.thumbs_dir, self.config.limits)
+        self.jobs = StyleQueue(self.catalog.engine)
         # Typing-as-you-search and paging repeat the same texts: their vectors are
         # kept (the model is fixed for the life of the server), so a page 2 or a
         # popular query costs a FAISS search, not a forward pass.

@@ -148,6 +148,57 @@ class Settings(BaseSettings):
     )
     labels_top_k: int = Field(default=5, ge=1, le=50, description="ImageNet labels kept per item.")
 
+    stylize_weights: str = Field(
+        default="imagenet", description="VGG-19 weights for style transfer: imagenet "
+        "(torchvision's, downloaded once) or random (offline demo: texture statistics only).",
+    )  # fmt: skip
+    stylize_side: int = Field(
+        default=512, ge=32, le=4096, description="Long side of a style-transfer result (px)."
+    )
+    stylize_max_side: int = Field(
+        default=1024, ge=32, le=4096, description="Largest long side a job may ask for (px)."
+    )
+    stylize_steps: int = Field(
+        default=300, ge=1, le=10000, description="Optimiser steps per style-transfer job."
+    )
+    stylize_max_steps: int = Field(
+        default=1000, ge=1, le=10000, description="Most steps a job may ask for."
+    )
+    stylize_optimizer: str = Field(
+        default="lbfgs", description="Style-transfer optimiser: lbfgs (Gatys) or adam."
+    )
+    stylize_content_weight: float = Field(
+        default=1.0, ge=0.0, description="Weight of the content loss in style transfer."
+    )
+    stylize_style_weight: float = Field(
+        default=1e6, ge=0.0, description="Weight of the style (Gram) loss in style transfer."
+    )
+    stylize_content_layers: list[str] = Field(
+        default_factory=lambda: ["conv4_2"], description="VGG-19 layers of the content "
+        "loss (JSON list).",
+    )  # fmt: skip
+    stylize_style_layers: list[str] = Field(
+        default_factory=lambda: ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"],
+        description="VGG-19 layers of the style loss (JSON list).",
+    )
+    stylize_preview_every: int = Field(
+        default=10, ge=1, le=10000, description="Steps between intermediate pictures of a job."
+    )
+    stylize_concurrency: int = Field(
+        default=1, ge=0, le=64, description="Style jobs a worker runs at once (0: this "
+        "process runs none); 1 suits a CPU, raise it on a GPU.",
+    )  # fmt: skip
+    stylize_queue_max: int = Field(
+        default=16, ge=1, description="Queued style jobs beyond which the API answers 429."
+    )
+    stylize_max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Tries of a style job whose worker died."
+    )
+    job_lease_seconds: float = Field(
+        default=30.0, gt=0.0, le=3600, description="A job whose worker has not reported "
+        "for this long is taken over by another.",
+    )  # fmt: skip
+
     library: list[str] = Field(
         default_factory=list, description="Library folders `everlook serve` watches and "
         "serves files from (JSON list); folders given on its command line are added.",

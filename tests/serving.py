@@ -124,7 +124,10 @@ def demo_library(base: Path, per_pair: int = 2, per_style: int = 6) -> DemoLibra
     from tools import demo as demo_tool
 
     settings = {"EVERLOOK_HOME": str(base / "home"), "EVERLOOK_DEVICE": "cpu",
-                **demo_tool.demo_settings(), "EVERLOOK_SPACES": '["clip"]'}  # fmt: skip
+                **demo_tool.demo_settings(), "EVERLOOK_SPACES": '["clip"]',
+                # Style jobs small enough for tests: seconds each on 2 cores.
+                "EVERLOOK_STYLIZE_SIDE": "64", "EVERLOOK_STYLIZE_STEPS": "12",
+                "EVERLOOK_STYLIZE_PREVIEW_EVERY": "3"}  # fmt: skip
     lib = base / "library"
     demo_tool.build_library(lib, per_pair=per_pair, per_style=per_style, per_sound=0)
     done = run_cli(settings, "index", str(lib), cwd=base)

@@ -97,6 +97,9 @@ def demo_settings() -> dict[str, str]:
         "EVERLOOK_STYLE_TEMPLATES": json.dumps(["a {} artwork"]),
         "EVERLOOK_ARTWORK_PROMPTS": json.dumps(artwork),
         "EVERLOOK_PHOTO_PROMPTS": json.dumps(photo),
+        # Style transfer on a randomly initialised VGG-19 (nothing to download): random
+        # filters still capture texture statistics; see the README for real weights.
+        "EVERLOOK_STYLIZE_WEIGHTS": "random",
     }  # fmt: skip
 
 

@@ -1,0 +1,265 @@
+"""`everlook stylize`, `everlook worker` and `everlook jobs`: style transfer as jobs.
+
+The CLI writes jobs into the catalog it shares with every other process on this data
+dir; a running `everlook serve` or `everlook worker` picks them up. `stylize --wait`
+follows the job with a progress bar and, when nobody takes it within a moment, runs it
+in this process (claiming is race-free, so it never runs twice)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from everlook.cli import EXIT_FAILED, EXIT_USAGE, _fail_config, _parts, app, emit_json, err, out
+from everlook.cli_search import resolve_item
+
+Opt = typer.Option
+TAKEN_WITHIN_S = 2.0  # how long --wait lets a running worker claim the job first
+
+
+def _style_source(parts: Any, style: str | None, artist: str | None) -> dict[str, Any]:
+    """The job's style fields from --style ITEM|FILE or --artist NAME."""
+    from catalog.stylejobs import StyleQueue
+
+    if (style is None) == (artist is None):
+        raise LookupError("give exactly one of --style ITEM|FILE or --artist NAME")
+    if artist is not None:
+        exemplar = StyleQueue(parts.catalog.engine).exemplar(
+            artist, parts.settings.artwork_min_score
+        )
+        if exemplar is None:
+            raise LookupError(f"no artwork in the library is scored as {artist}'s style "
+                              "(`everlook stats` lists the styles it has)")  # fmt: skip
+        return {"style_kind": "artist", "style_artist": artist, "style_item_id": exemplar}
+    assert style is not None
+    is_id = style.isdigit() and not os.path.exists(style)
+    known = None if is_id else parts.catalog.item_id_for_path(os.path.abspath(style))
+    if is_id or known is not None:
+        return {"style_kind": "item",
+                "style_item_id": int(style) if is_id else known}  # fmt: skip
+    if not os.path.isfile(style):
+        raise LookupError(f"--style {style}: neither an item id nor a picture file")
+    from indexer.media import MediaError, decode_image, read_file
+    from indexer.stylize_worker import save_upload
+
+    try:
+        picture = decode_image(read_file(style, parts.limits()).data, parts.limits()).image
+    except MediaError as exc:
+        raise LookupError(f"--style {style}: {exc}") from exc
+    rel, sha = save_upload(parts.settings.home, picture)
+    return {"style_kind": "upload", "style_file": rel, "style_sha256": sha}
+
+
+def _job_settings(parts: Any, asked: dict[str, Any]) -> dict[str, Any]:
+    from enrich.stylize import StyleSettings
+
+    s = parts.settings
+    given = {k: v for k, v in asked.items() if v is not None}
+    if given.get("side", 0) > s.stylize_max_side:
+        raise ValueError(f"--side: at most {s.stylize_max_side} (EVERLOOK_STYLIZE_MAX_SIDE)")
+    if given.get("steps", 0) > s.stylize_max_steps:
+        raise ValueError(f"--steps: at most {s.stylize_max_steps} (EVERLOOK_STYLIZE_MAX_STEPS)")
+    return dict(StyleSettings.from_dict({**parts.style_defaults(), **given}).as_dict())
+
+
+def _local_index_back(parts: Any) -> Any:
+    """Index a result here when this process can be the writer; else leave it on the
+    queue for the running writer (`serve` or `watch`)."""
+    from everlook.lock import Busy, WriterLock
+
+    queued = parts.index_back_queue()
+
+    def index_back(path: str) -> None:
+        lock = WriterLock(parts.settings.home)
+        try:
+            lock.acquire("stylize", [])
+        except Busy:
+            queued(path)
+            return
+        try:
+            pipeline = parts.pipeline()
+            pipeline.run_files([path])
+            pipeline.save_indexes()
+        finally:
+            lock.release()
+
+    return index_back
+
+
+@app.command()
+def stylize(
+    item: Annotated[str, typer.Argument(help="The picture to render: item id or indexed path.")],
+    style: Annotated[str | None, Opt("--style", help="Style: an item id, an indexed "
+                                     "path, or any picture file.")] = None,
+    artist: Annotated[str | None, Opt("--artist", help="Style: an artist; the library's "
+                                      "strongest artwork of that style is used.")] = None,
+    wait: Annotated[bool, Opt("--wait", help="Follow the job to its end (running it here "
+                              "if no worker takes it).")] = False,
+    add: Annotated[bool, Opt("--add", help="Add the result to the library (a derived "
+                             "item).")] = False,
+    side: Annotated[int | None, Opt("--side", min=32, help="Long side of the result.")] = None,
+    steps: Annotated[int | None, Opt("--steps", min=1, help="Optimiser steps.")] = None,
+    optimizer: Annotated[str | None, Opt("--optimizer", help="lbfgs or adam.")] = None,
+    dest: Annotated[Path | None, Opt("--out", help="Copy the result here (with --wait).")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the job as JSON.")] = False,
+) -> None:  # fmt: skip
+    """Render a picture in the style of another (item or file) or of an artist, as a
+    background job (see `everlook jobs`)."""
+    from catalog.stylejobs import QueueFull, StyleQueue
+
+    parts = _parts()
+    s = parts.settings
+    try:
+        item_id = resolve_item(parts, item)
+        if parts.catalog.items_of_kind([item_id]).get(item_id) != "image":
+            raise LookupError(f"item {item_id} is not a picture")
+        source = _style_source(parts, style, artist)
+        settings = _job_settings(parts, {"side": side, "steps": steps, "optimizer": optimizer})
+        job = StyleQueue(parts.catalog.engine).create(
+            item_id=item_id, settings=settings, total=settings["steps"], add_to_library=add,
+            max_attempts=s.stylize_max_attempts, queue_max=s.stylize_queue_max, **source,
+        )  # fmt: skip
+    except (LookupError, ValueError, QueueFull) as exc:
+        raise _fail_config(exc) from exc
+    if not wait:
+        if as_json:
+            emit_json(job)
+        else:
+            out.print(f"queued style job {job['id']}: a running `everlook serve` or "
+                      "`everlook worker` renders it; follow it with `everlook jobs`")  # fmt: skip
+        return
+    job = _follow(parts, job["id"], quiet=as_json)
+    if job["state"] == "done" and dest is not None:
+        shutil.copyfile(s.home / job["result_file"], dest)
+    if as_json:
+        emit_json(job)
+    elif job["state"] == "done":
+        where = dest or s.home / job["result_file"]
+        derived = f"; in the library as item {job['derived_item_id']}" if job[
+            "derived_item_id"] else ""  # fmt: skip
+        out.print(f"style job {job['id']} done in {job['seconds']:.1f} s: "
+                  f"{escape(str(where))}{derived}")  # fmt: skip
+    else:
+        err.print(f"style job {job['id']} {job['state']}" + (f": {job['error']}" if job["error"]
+                                                             else ""))  # fmt: skip
+    if job["state"] != "done":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _follow(parts: Any, job_id: int, quiet: bool) -> dict[str, Any]:
+    """Show the job's progress until it ends; run it here if no worker claims it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from catalog.stylejobs import FINISHED, StyleQueue
+
+    queue = StyleQueue(parts.catalog.engine)
+    started = time.monotonic()
+    runner: threading.Thread | None = None
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                        disable=quiet)  # fmt: skip
+    try:
+        with progress:
+            task = progress.add_task(f"style job {job_id}: queued", total=None)
+            while True:
+                job = queue.get(job_id)
+                assert job is not None
+                progress.update(task, completed=job["step"], total=job["total"],
+                                description=f"style job {job_id}: {job['state']}")  # fmt: skip
+                if job["state"] in FINISHED and (runner is None or not runner.is_alive()):
+                    return job
+                if (
+                    runner is None
+                    and job["state"] == "queued"
+                    and (time.monotonic() - started > TAKEN_WITHIN_S)
+                ):
+                    here = parts.style_worker(_local_index_back(parts), concurrency=1)
+                    runner = threading.Thread(target=here.run_one, args=(job_id,),
+                                              name="everlook-stylize", daemon=True)  # fmt: skip
+                    runner.start()
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        queue.cancel(job_id)  # the worker stops at its next step
+        if runner is not None:
+            runner.join(timeout=60)
+        err.print(f"style job {job_id}: cancelled")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, Opt("--concurrency", min=1, help="Jobs at once "
+                                           "(default EVERLOOK_STYLIZE_CONCURRENCY).")] = None,
+) -> None:  # fmt: skip
+    """Run style-transfer jobs from the catalog's queue until stopped (any number of
+    workers may run, here or on other machines sharing the catalog)."""
+    import signal
+
+    logging.getLogger("everlook").setLevel(logging.INFO)
+    parts = _parts()
+    w = parts.style_worker(parts.index_back_queue(), concurrency or None)
+    if w.opts.concurrency < 1:
+        err.print("[red]error:[/red] EVERLOOK_STYLIZE_CONCURRENCY is 0: give --concurrency")
+        raise typer.Exit(EXIT_USAGE)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logging.getLogger("everlook.stylize").info(
+            "%s: putting running jobs back in the queue, then stopping",
+            signal.Signals(signum).name,
+        )
+        w.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    err.print(f"worker {w.owner}: running style jobs, {w.opts.concurrency} at a time; "
+              "Ctrl-C to stop", highlight=False)  # fmt: skip
+    w.run_forever()
+
+
+@app.command()
+def jobs(
+    state: Annotated[list[str] | None, Opt("--state", help="Only jobs in this state.")] = None,
+    cancel: Annotated[int | None, Opt("--cancel", help="Cancel this job.")] = None,
+    limit: Annotated[int, Opt("--limit", min=1, help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, Opt("--json", help="Print as JSON.")] = False,
+) -> None:  # fmt: skip
+    """Style-transfer jobs, newest first (or cancel one)."""
+    from catalog.stylejobs import JobStateError, StyleQueue
+
+    parts = _parts()
+    queue = StyleQueue(parts.catalog.engine)
+    if cancel is not None:
+        try:
+            job = queue.cancel(cancel)
+        except KeyError:
+            raise _fail_config(LookupError(f"no style job {cancel}")) from None
+        except JobStateError as exc:
+            raise _fail_config(exc) from None
+        out.print(f"style job {cancel}: {job['state']}"
+                  + (" (stops at its next step)" if job["state"] == "running" else ""))  # fmt: skip
+        return
+    try:
+        rows = queue.list(state or (), limit)
+    except ValueError as exc:
+        raise _fail_config(exc) from None
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print("no style jobs")
+        return
+    for j in rows:
+        st = j["style"]
+        what = st["artist"] or (f"item {st['item_id']}" if st["item_id"] else "an upload")
+        done = f"{j['step']}/{j['total']}"
+        tail = f"  {escape(j['error'])}" if j["error"] else ""
+        out.print(f"{j['id']:>5}  {j['state']:<9}  {done:>9}  item {j['item_id']} in the "
+                  f"style of {escape(what)}{tail}")  # fmt: skip
