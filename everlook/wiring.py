@@ -220,9 +220,12 @@ class Parts:
         for sp in self.spaces.values():
             sp.index.open()
             sp.index.read_only = watcher is None  # the writer owns the index file
+        served = tuple(os.path.realpath(r) for r in roots)
+        if served:  # style-transfer results added to the library are served like its files
+            served += (os.path.realpath(s.home / "stylize" / "results"),)
         config = ApiConfig(
             thumbs_dir=s.home / "cache" / "thumbs",
-            roots=tuple(os.path.realpath(r) for r in roots),
+            roots=served,
             token=s.api_token.get_secret_value() if s.api_token else None,
             cors_origins=tuple(s.cors_origins), upload_max_bytes=s.upload_max_bytes,
             limits=self.limits(), draft_side=self.query_draft_side(),
