@@ -2,23 +2,11 @@
 // one sound with its waveform and a player.
 
 import { api, basename, BlobUrls, hasToken, isAbort, setPicture, withParams } from "./api.js";
+import { el } from "./dom.js";
 import { formatDuration, stopPlaying } from "./sound.js";
+import { createStylize } from "./stylize.js";
 
 const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("data-")) e.setAttribute(k, v);
-    else if (k in e && typeof v !== "string") e[k] = v;
-    else e.setAttribute(k, v);
-  }
-  e.append(...children.filter((c) => c !== null && c !== undefined && c !== false));
-  return e;
-}
 
 export const pct = (x) => `${Math.round(Number(x) * 100)}%`;
 
@@ -75,6 +63,7 @@ export function createItemView(hooks) {
   const fileLink = $("open-file");
   const showBoxes = $("show-boxes");
   const pool = new BlobUrls();
+  const stylize = createStylize({ button: $("stylize-open"), onError: (e) => hooks.onError(e) });
   let current = null; // ItemDetail on show
   let currentId = null;
   let ctrl = null;
@@ -98,7 +87,7 @@ export function createItemView(hooks) {
   $("item-prev").addEventListener("click", () => step(-1));
   $("item-next").addEventListener("click", () => step(1));
   dialog.addEventListener("keydown", (ev) => {
-    if (ev.target.closest("input, textarea, select")) return;
+    if (ev.target.closest("input, textarea, select, .stylize-panel")) return;
     if (ev.key === "ArrowLeft") step(-1);
     else if (ev.key === "ArrowRight") step(1);
     else return;
@@ -150,6 +139,7 @@ export function createItemView(hooks) {
   }
 
   function reset(id) {
+    stylize.reset();
     pool.clear();
     img.removeAttribute("src");
     img.alt = "";
@@ -209,7 +199,8 @@ export function createItemView(hooks) {
     setPicture(img, d.thumbnail || `/api/items/${d.id}/thumbnail?size=1024`, pool);
     fileLink.href = d.file || `/api/items/${d.id}/file`;
     drawBoxes(d.detections || []);
-    details.replaceChildren(...renderDetails(d).filter(Boolean));
+    details.replaceChildren(stylize.element, ...renderDetails(d).filter(Boolean));
+    stylize.show(d).then(fit); // the button may take another row of the actions
     fit();
   }
 
@@ -307,6 +298,7 @@ export function createItemView(hooks) {
     }
     // (labels are scored in the CLIP space, which holds no sounds)
     if (d.kind !== "audio") out.push(section("Try your own labels", classifyForm(d)));
+    if (d.derived_from) out.push(section("Stylized", derivedFrom(d.derived_from)));
     out.push(section("Details", metadata(d)));
     const paths = el("ul", { class: "paths" });
     for (const p of d.paths || []) paths.append(el("li", { class: "path", text: p, title: p }));
@@ -345,6 +337,19 @@ export function createItemView(hooks) {
       }
     });
     return form;
+  }
+
+  /** Where a style-transfer result came from: links to the picture and the style item. */
+  function derivedFrom(f) {
+    const link = (id) => el("a", { href: `#item=${id}`, text: `item ${id}` });
+    const s = f.style || {};
+    const style = s.kind === "artist" ? `${s.artist}'s style`
+      : s.kind === "item" && s.item_id ? ["the style of ", link(s.item_id)]
+        : s.kind === "item" ? "the style of a picture no longer in the library"
+          : "the style of an uploaded picture";
+    return el("p", { class: "derived-from", "data-job-id": String(f.job_id) },
+      "Rendered from ", f.item_id ? link(f.item_id) : "a picture no longer in the library",
+      " in ", ...[style].flat(), ".");
   }
 
   function metadata(d) {
@@ -389,6 +394,7 @@ export function createItemView(hooks) {
 
   function hide() {
     ctrl?.abort();
+    stylize.reset();
     currentId = null;
     current = null;
     if (dialog.open) dialog.close();
