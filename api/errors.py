@@ -67,15 +67,29 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _allowed(req: Request) -> str:
+    """Every method some route answers at this path. Starlette's 405 names only the first
+    route that matched the path, so a collection with GET and POST (/api/stylize) would
+    say Allow: POST alone."""
+    methods: set[str] = set()
+    for route in req.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(req.url.path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else CODES.get(exc.status_code, "")
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(req)}
         return error_response(exc.status_code, message, headers)
 
     @app.exception_handler(RequestValidationError)

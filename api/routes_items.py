@@ -159,6 +159,12 @@ def stats(svc: Svc) -> dict[str, Any]:
     out["index"] = {"vectors": svc.engine.index.count(),
                     "spaces": {n: e.index.count() for n, e in svc.engines.items()}}  # fmt: skip
     out["watching"] = list(svc.watcher.roots) if svc.watcher is not None else []
+    if svc.stylize is not None:
+        cfg = svc.stylize
+        out["stylize"] = {"defaults": cfg.defaults, "max_side": cfg.max_side,
+                          "max_steps": cfg.max_steps, "queue_max": cfg.queue_max,
+                          "jobs": svc.jobs.counts(),
+                          "adds_to_library": svc.index_back is not None}  # fmt: skip
     return out
 
 

@@ -86,7 +86,7 @@ def _image_item(svc: Services, item_id: int, what: str) -> None:
 
 
 @router.post("/api/stylize", status_code=202, response_model=StyleJobPublic,
-             responses=errors(401, 404, 413, 415, 422, 429, 503))  # fmt: skip
+             responses=errors(400, 401, 404, 413, 415, 422, 429, 503))  # fmt: skip
 async def start(
     svc: Svc,
     item_id: Annotated[int, Form(ge=1, le=2**63 - 1, description="the picture to render")],

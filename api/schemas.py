@@ -234,6 +234,15 @@ class IndexState(BaseModel):
     )
 
 
+class StylizeState(BaseModel):
+    defaults: dict[str, Any] = Field(description="the settings a job starts from")
+    max_side: int
+    max_steps: int
+    queue_max: int
+    jobs: dict[str, int] = Field(description="jobs by state", examples=[{"done": 3}])
+    adds_to_library: bool = Field(description="whether results can be added here")
+
+
 class Stats(BaseModel):
     items: ItemCounts
     paths: int = Field(examples=[12901])
@@ -249,3 +258,7 @@ class Stats(BaseModel):
     models: list[ModelCount]
     index: IndexState
     watching: list[str] = Field(description="library folders this server watches")
+    stylize: StylizeState | None = Field(
+        default=None, description="style transfer on this server: its defaults and limits "
+        "(null when off)",
+    )  # fmt: skip

@@ -109,10 +109,10 @@ class StyleQueue:
         with self.Session() as s:
             return self._rows(s, q)
 
-    def waiting(self) -> int:
+    def counts(self) -> dict[str, int]:
         with self.Session() as s:
-            return int(s.scalar(select(func.count()).select_from(StyleJob)
-                                .where(StyleJob.state == JobState.queued)) or 0)  # fmt: skip
+            rows = s.execute(select(StyleJob.state, func.count()).group_by(StyleJob.state))
+            return {str(JobState(st)): int(n) for st, n in rows}
 
     def typical_seconds(self, default: float = 60.0) -> float:
         """The median running time of the last finished jobs (how soon a slot frees)."""
