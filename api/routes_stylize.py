@@ -62,15 +62,10 @@ def _job(svc: Services, job_id: int) -> dict[str, Any]:
 
 
 def _settings(cfg: StylizeConfig, asked: dict[str, Any]) -> dict[str, Any]:
-    from enrich.stylize import StyleSettings
+    from indexer.stylize_worker import job_settings
 
-    given = {k: v for k, v in asked.items() if v is not None}
-    if given.get("side", 0) > cfg.max_side:
-        raise ApiError(422, f"side: at most {cfg.max_side} px on this server")
-    if given.get("steps", 0) > cfg.max_steps:
-        raise ApiError(422, f"steps: at most {cfg.max_steps} on this server")
     try:
-        return StyleSettings.from_dict({**cfg.defaults, **given}).as_dict()
+        return job_settings(cfg.defaults, asked, cfg.max_side, cfg.max_steps)
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
 

@@ -59,15 +59,10 @@ def _style_source(parts: Any, style: str | None, artist: str | None) -> dict[str
 
 
 def _job_settings(parts: Any, asked: dict[str, Any]) -> dict[str, Any]:
-    from enrich.stylize import StyleSettings
+    from indexer.stylize_worker import job_settings
 
     s = parts.settings
-    given = {k: v for k, v in asked.items() if v is not None}
-    if given.get("side", 0) > s.stylize_max_side:
-        raise ValueError(f"--side: at most {s.stylize_max_side} (EVERLOOK_STYLIZE_MAX_SIDE)")
-    if given.get("steps", 0) > s.stylize_max_steps:
-        raise ValueError(f"--steps: at most {s.stylize_max_steps} (EVERLOOK_STYLIZE_MAX_STEPS)")
-    return dict(StyleSettings.from_dict({**parts.style_defaults(), **given}).as_dict())
+    return job_settings(parts.style_defaults(), asked, s.stylize_max_side, s.stylize_max_steps)
 
 
 def _local_index_back(parts: Any) -> Any:

@@ -68,6 +68,21 @@ def _write_atomic(dest: Path, data: bytes) -> None:
         raise
 
 
+def job_settings(
+    defaults: dict[str, Any], asked: dict[str, Any], max_side: int, max_steps: int
+) -> dict[str, Any]:
+    """A job's settings: the defaults with what a request asked (None: not asked), held
+    to the server's limits and validated. ValueError names the field."""
+    from enrich.stylize import StyleSettings
+
+    given = {k: v for k, v in asked.items() if v is not None}
+    if given.get("side", 0) > max_side:
+        raise ValueError(f"side: at most {max_side} px here (EVERLOOK_STYLIZE_MAX_SIDE)")
+    if given.get("steps", 0) > max_steps:
+        raise ValueError(f"steps: at most {max_steps} here (EVERLOOK_STYLIZE_MAX_STEPS)")
+    return dict(StyleSettings.from_dict({**defaults, **given}).as_dict())
+
+
 def save_upload(home: Path, image: Image.Image) -> tuple[str, str]:
     """Keep an uploaded style picture (re-encoded as PNG: only pixels are kept, nothing
     of the uploaded file's own bytes). Returns (path relative to home, sha256)."""
