@@ -88,8 +88,8 @@ def install(app: FastAPI) -> None:
     async def _http_error(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else CODES.get(exc.status_code, "")
         headers = dict(exc.headers) if exc.headers else None
-        if exc.status_code == 405:
-            headers = {**(headers or {}), "Allow": _allowed(req)}
+        if exc.status_code == 405 and (allowed := _allowed(req)):
+            headers = {**(headers or {}), "Allow": allowed}
         return error_response(exc.status_code, message, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -75,6 +75,7 @@ def as_dict(job: StyleJob, derived_item_id: int | None = None) -> dict[str, Any]
         "cancel_requested": job.cancel_requested, "add_to_library": job.add_to_library,
         "result_file": job.result_file, "result_sha256": job.result_sha256,
         "derived_item_id": derived_item_id, "owner": job.owner,
+        "lease_until": job.lease_until,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at), "seconds": job.seconds,
     }  # fmt: skip
@@ -195,14 +196,16 @@ class StyleQueue:
             row = s.execute(q).first()
             if row is None:
                 return None
+            # The whole claimable condition again, not only the row's state and owner: a
+            # worker that renewed its lease since our select keeps its job.
             taken = s.execute(
                 update(StyleJob)
-                .where(StyleJob.id == row.id, StyleJob.state == row.state,
+                .where(StyleJob.id == row.id, claimable,
                        StyleJob.owner.is_(None) if row.owner is None
                        else StyleJob.owner == row.owner)
                 .values(state=JobState.running, owner=owner, lease_until=now + lease_s,
                         attempts=StyleJob.attempts + 1, started_at=datetime.now(UTC),
-                        step=0)
+                        step=0, preview_step=0)
             )  # fmt: skip
             if not taken.rowcount:  # type: ignore[attr-defined]
                 return None  # another worker won it between our select and update
@@ -222,7 +225,7 @@ class StyleQueue:
             .where(StyleJob.state == JobState.running, StyleJob.lease_until < now,
                    StyleJob.attempts >= StyleJob.max_attempts)
             .values(state=JobState.failed, finished_at=datetime.now(UTC), owner=None,
-                    error=func.coalesce(StyleJob.error, "")
+                    error=func.coalesce(StyleJob.error + "; ", "")
                     + "the worker running it stopped (crashed or was killed) on every "
                     "attempt")
         )  # fmt: skip
@@ -244,6 +247,17 @@ class StyleQueue:
                               .values(lease_until=0.0))  # fmt: skip
                     released += 1
         return released
+
+    def renew(self, job_id: int, owner: str, lease_s: float) -> bool:
+        """Extend the lease while a step, a model load or a download takes long."""
+        with self.Session.begin() as s:
+            res = s.execute(
+                update(StyleJob)
+                .where(StyleJob.id == job_id, StyleJob.owner == owner,
+                       StyleJob.state == JobState.running)
+                .values(lease_until=time.time() + lease_s)
+            )  # fmt: skip
+            return bool(res.rowcount)  # type: ignore[attr-defined]
 
     def progress(
         self, job_id: int, owner: str, step: int, lease_s: float, preview_step: int | None = None
@@ -295,7 +309,10 @@ class StyleQueue:
 
     def release(self, job_id: int, owner: str) -> bool:
         """Give a job back untried (its worker is shutting down): queued again, and the
-        attempt does not count."""
+        attempt does not count; cancelled instead if a cancel was asked meanwhile."""
+        job = self.get(job_id)
+        if job is not None and job["cancel_requested"]:
+            return self.cancelled(job_id, owner)
         return self._end(job_id, owner, state=JobState.queued, owner=None, finished_at=None,
                          step=0, attempts=StyleJob.attempts - 1)  # fmt: skip
 
@@ -305,16 +322,25 @@ class StyleQueue:
     # ---- asked by users -------------------------------------------------------------------
     def cancel(self, job_id: int) -> dict[str, Any]:
         """A queued job is cancelled at once; a running one is asked to stop (its worker
-        sees it at its next step). KeyError: no such job; JobStateError: finished."""
+        sees it at its next step). KeyError: no such job; JobStateError: finished.
+        Conditional updates, so a cancel racing the job's end never marks a done job."""
         with self.Session.begin() as s:
-            job = s.get(StyleJob, job_id)
-            if job is None:
-                raise KeyError(job_id)
-            if job.state in FINISHED:
-                raise JobStateError(f"job {job_id} is already {job.state}")
-            if job.state == JobState.queued:
-                job.state, job.finished_at = JobState.cancelled, datetime.now(UTC)
-            job.cancel_requested = True
+            mine = (StyleJob.id == job_id,)
+            queued = s.execute(
+                update(StyleJob).where(*mine, StyleJob.state == JobState.queued)
+                .values(state=JobState.cancelled, finished_at=datetime.now(UTC),
+                        cancel_requested=True)
+            )  # fmt: skip
+            if not queued.rowcount:  # type: ignore[attr-defined]
+                running = s.execute(
+                    update(StyleJob).where(*mine, StyleJob.state == JobState.running)
+                    .values(cancel_requested=True)
+                )  # fmt: skip
+                if not running.rowcount:  # type: ignore[attr-defined]
+                    state = s.scalar(select(StyleJob.state).where(*mine))
+                    if state is None:
+                        raise KeyError(job_id)
+                    raise JobStateError(f"job {job_id} is already {state}")
         got = self.get(job_id)
         assert got is not None
         return got

@@ -7,6 +7,7 @@ in this process (claiming is race-free, so it never runs twice)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -43,8 +44,12 @@ def _style_source(parts: Any, style: str | None, artist: str | None) -> dict[str
     is_id = style.isdigit() and not os.path.exists(style)
     known = None if is_id else parts.catalog.item_id_for_path(os.path.abspath(style))
     if is_id or known is not None:
-        return {"style_kind": "item",
-                "style_item_id": int(style) if is_id else known}  # fmt: skip
+        sid = int(style) if is_id else int(known or 0)
+        kind = parts.catalog.items_of_kind([sid]).get(sid)
+        if kind != "image":
+            why = f"item {sid} is {kind}, not a picture" if kind else f"no item with id {sid}"
+            raise LookupError(f"--style {style}: {why}")
+        return {"style_kind": "item", "style_item_id": sid}
     if not os.path.isfile(style):
         raise LookupError(f"--style {style}: neither an item id nor a picture file")
     from indexer.media import MediaError, decode_image, read_file
@@ -153,7 +158,7 @@ def _follow(parts: Any, job_id: int, quiet: bool) -> dict[str, Any]:
     """Show the job's progress until it ends; run it here if no worker claims it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from catalog.stylejobs import FINISHED, StyleQueue
+    from catalog.stylejobs import FINISHED, JobStateError, StyleQueue
 
     queue = StyleQueue(parts.catalog.engine)
     started = time.monotonic()
@@ -165,16 +170,19 @@ def _follow(parts: Any, job_id: int, quiet: bool) -> dict[str, Any]:
         with progress:
             task = progress.add_task(f"style job {job_id}: queued", total=None)
             while True:
+                ours_done = runner is not None and not runner.is_alive()  # before reading
                 job = queue.get(job_id)
                 assert job is not None
                 progress.update(task, completed=job["step"], total=job["total"],
                                 description=f"style job {job_id}: {job['state']}")  # fmt: skip
-                if job["state"] in FINISHED and (runner is None or not runner.is_alive()):
+                if job["state"] in FINISHED and (runner is None or ours_done):
                     return job
-                if (
-                    runner is None
-                    and job["state"] == "queued"
-                    and (time.monotonic() - started > TAKEN_WITHIN_S)
+                # Nobody took it within a moment, or whoever had it is gone (its lease
+                # ran out): run it here. Claiming is race-free: never twice at once.
+                orphaned = job["state"] == "running" and (job["lease_until"] or 0) < time.time()
+                waited = time.monotonic() - started > TAKEN_WITHIN_S
+                if (runner is None or ours_done) and (
+                    orphaned or (job["state"] == "queued" and waited)
                 ):
                     here = parts.style_worker(_local_index_back(parts), concurrency=1)
                     runner = threading.Thread(target=here.run_one, args=(job_id,),
@@ -182,7 +190,8 @@ def _follow(parts: Any, job_id: int, quiet: bool) -> dict[str, Any]:
                     runner.start()
                 time.sleep(0.2)
     except KeyboardInterrupt:
-        queue.cancel(job_id)  # the worker stops at its next step
+        with contextlib.suppress(JobStateError):  # it may have ended just now
+            queue.cancel(job_id)  # the worker stops at its next step
         if runner is not None:
             runner.join(timeout=60)
         err.print(f"style job {job_id}: cancelled")

@@ -240,9 +240,9 @@ class Parts:
             max_steps=s.stylize_max_steps, queue_max=s.stylize_queue_max,
             max_attempts=s.stylize_max_attempts,
         )  # fmt: skip
-        # Results are added to the library by the writer: this server's watcher when it
-        # has one (through the same queue a `watch` would read).
-        index_back = self.index_back_queue() if watcher is not None else None
+        # Results are added to the library by the writer, through the queue it reads:
+        # this server's watcher, or the `watch`/`serve` that writes beside a read-only one.
+        index_back = self.index_back_queue()
         worker = self.style_worker(index_back) if s.stylize_concurrency > 0 else None
         return Services(config, self.catalog, self.engines(), self.classifier, watcher,
                         stylize, index_back, worker)  # fmt: skip

@@ -89,6 +89,15 @@ def scan(roots: Sequence[str], rules: ScanRules) -> Iterator[Found | Problem]:
     most once, so loops and repeated links cannot make the walk endless.
     """
     visited: set[tuple[int, int]] = set()
+    # Skipped folders also by identity: reached through a symlinked root, the data dir's
+    # path matches neither of its spellings in rules.skip_under.
+    skipped = set()
+    for d in rules.skip_under:
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        skipped.add((st.st_dev, st.st_ino))
     for root in roots:
         root = os.path.abspath(root)
         if not os.path.isdir(root):
@@ -104,7 +113,7 @@ def scan(roots: Sequence[str], rules: ScanRules) -> Iterator[Found | Problem]:
             except OSError:
                 continue
             key = (st.st_dev, st.st_ino)
-            if key in visited:
+            if key in visited or key in skipped:
                 continue
             visited.add(key)
             try:

@@ -119,9 +119,12 @@ class StyleWorker:
     # ---- loops ------------------------------------------------------------------------
     def run_forever(self) -> None:
         """Work jobs with opts.concurrency threads until stop()."""
-        released = self.queue.release_dead()
-        if released:
-            log.info("took back %d style job(s) of a worker that is gone", released)
+        try:
+            released = self.queue.release_dead()
+            if released:
+                log.info("took back %d style job(s) of a worker that is gone", released)
+        except Exception:  # the catalog busy a moment: the leases still run out
+            log.exception("could not look for style jobs of workers that are gone")
         threads = [threading.Thread(target=self._loop, name=f"everlook-stylize-{i}",
                                     daemon=True) for i in range(self.opts.concurrency)]  # fmt: skip
         for t in threads:
@@ -130,9 +133,12 @@ class StyleWorker:
             t.join()
 
     def _loop(self) -> None:
+        # Each thread is an owner of its own: two threads of one worker must not take
+        # each other's job when a lease runs out (a claim checks the owner it saw).
+        owner = self.owner if self.opts.concurrency == 1 else new_owner()
         while not self.stop_event.is_set():
             try:
-                ran = self.run_one()
+                ran = self.run_one(owner=owner)
             except Exception:  # the catalog unreachable a moment: keep the worker alive
                 log.exception("the style worker met an error; going on")
                 ran = False
@@ -142,16 +148,37 @@ class StyleWorker:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def run_one(self, job_id: int | None = None) -> bool:
+    def run_one(self, job_id: int | None = None, owner: str | None = None) -> bool:
         """Claim one job (or job_id) and run it to its end. False if none was claimable."""
-        job = self.queue.claim(self.owner, self.opts.lease_seconds, job_id=job_id)
+        owner = owner or self.owner
+        job = self.queue.claim(owner, self.opts.lease_seconds, job_id=job_id)
         if job is None:
             return False
-        self._run(job)
+        held = threading.Event()
+        # The lease is renewed beside the work too, not only at steps: the first job
+        # loads (or downloads) VGG-19, and one step of a big picture on a CPU can take
+        # longer than a lease; neither may let another worker take a live job.
+        beat = threading.Thread(target=self._heartbeat, args=(job["id"], owner, held),
+                                name=f"everlook-lease-{job['id']}", daemon=True)  # fmt: skip
+        beat.start()
+        try:
+            self._run(job, owner)
+        finally:
+            held.set()
+            beat.join()
+            preview_path(self.home, job["id"]).unlink(missing_ok=True)
         return True
 
+    def _heartbeat(self, job_id: int, owner: str, held: threading.Event) -> None:
+        every = self.opts.lease_seconds / 3
+        while not held.wait(every):
+            try:
+                self.queue.renew(job_id, owner, self.opts.lease_seconds)
+            except Exception:
+                log.exception("renewing the lease of style job %d failed", job_id)
+
     # ---- one job ----------------------------------------------------------------------
-    def _run(self, job: dict[str, Any]) -> None:
+    def _run(self, job: dict[str, Any], owner: str) -> None:
         from enrich.stylize import Cancelled, StyleSettings
         from search.model_base import ModelUnavailable
 
@@ -161,42 +188,42 @@ class StyleWorker:
             settings = StyleSettings.from_dict(job["settings"])
             content = self._content(job)
             style = self._style(job)
-            result = self.transfer.run(content, style, settings, self._on_step(job))
+            result = self.transfer.run(content, style, settings, self._on_step(job, owner))
+            rel, sha = self._save_result(job, result)
         except Cancelled:
             if self.stop_event.is_set():  # shutting down: back to the queue for the next
-                self.queue.release(jid, self.owner)
+                self.queue.release(jid, owner)
                 log.info("style job %d put back in the queue (stopping)", jid)
             else:
-                self.queue.cancelled(jid, self.owner, seconds=time.monotonic() - t0)
+                self.queue.cancelled(jid, owner, seconds=time.monotonic() - t0)
                 log.info("style job %d cancelled", jid)
             return
         except (MediaError, LookupError, ValueError) as exc:  # the job's own inputs: final
-            self.queue.fail(jid, self.owner, str(exc), seconds=time.monotonic() - t0)
+            self.queue.fail(jid, owner, str(exc), seconds=time.monotonic() - t0)
             log.warning("style job %d failed: %s", jid, exc)
             return
         except ModelUnavailable as exc:  # no weights: every job would fail alike
-            self.queue.fail(jid, self.owner, str(exc), seconds=time.monotonic() - t0)
+            self.queue.fail(jid, owner, str(exc), seconds=time.monotonic() - t0)
             log.error("style job %d: %s", jid, exc)
             return
-        except Exception as exc:  # out of memory, a CUDA error...: worth another attempt
+        except Exception as exc:  # out of memory, a full disk...: worth another attempt
             log.exception("style job %d failed", jid)
-            self.queue.fail(jid, self.owner, f"{type(exc).__name__}: {exc}", retry=True,
+            self.queue.fail(jid, owner, f"{type(exc).__name__}: {exc}", retry=True,
                             seconds=time.monotonic() - t0)  # fmt: skip
             return
-        rel, sha = self._save_result(job, result)
         seconds = time.monotonic() - t0
-        if self.queue.finish(jid, self.owner, result_file=rel, result_sha256=sha,
+        if self.queue.finish(jid, owner, result_file=rel, result_sha256=sha,
                              model_id=result.model_id, seconds=seconds):  # fmt: skip
             log.info("style job %d done in %.1f s: %s", jid, seconds, rel)
-            preview_path(self.home, jid).unlink(missing_ok=True)
-            if job["add_to_library"]:
+            now = self.queue.get(jid)  # "add to library" may have been asked while it ran
+            if now is not None and now["add_to_library"]:
                 self.add_to_library(rel)
 
     def add_to_library(self, rel: str) -> None:
         if self.index_back is not None:
             self.index_back(str(self.home / rel))
 
-    def _on_step(self, job: dict[str, Any]) -> Callable[[Any], bool]:
+    def _on_step(self, job: dict[str, Any], owner: str) -> Callable[[Any], bool]:
         jid, every = job["id"], max(1, self.opts.preview_every)
 
         def on_step(info: Any) -> bool:
@@ -208,7 +235,7 @@ class StyleWorker:
                 info.image().save(buf, "JPEG", quality=85)
                 _write_atomic(preview_path(self.home, jid), buf.getvalue())
                 shown = info.step
-            return self.queue.progress(jid, self.owner, info.step, self.opts.lease_seconds,
+            return self.queue.progress(jid, owner, info.step, self.opts.lease_seconds,
                                        preview_step=shown)  # fmt: skip
 
         return on_step
@@ -216,7 +243,8 @@ class StyleWorker:
     def _picture(self, item_id: int | None, what: str) -> Image.Image:
         paths = self.catalog.paths_for([item_id]).get(item_id, []) if item_id else []
         if not paths:
-            raise LookupError(f"the {what} item {item_id} is no longer in the library")
+            raise LookupError(f"the {what} picture (item {item_id or 'since deleted'}) is no "
+                              "longer in the library")  # fmt: skip
         problems = []
         for p in paths:
             try:

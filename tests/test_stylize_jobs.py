@@ -68,7 +68,12 @@ def lib(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         yield Lib(client, svc, parts, root, photos, watcher)
 
 
-def test_a_job_runs_to_done_with_live_events_a_preview_and_its_provenance(lib: Lib):
+def test_a_job_runs_to_done_with_live_events_a_preview_and_its_provenance(
+    lib: Lib, monkeypatch: pytest.MonkeyPatch
+):
+    import api.routes_stylize
+
+    monkeypatch.setattr(api.routes_stylize, "EVENT_POLL_S", 0.01)  # see every few steps
     content, style = lib.item(lib.photos[0]), lib.item(lib.photos[1])
     r = lib.start(item_id=content, style_item_id=style, steps=60)
     assert r.status_code == 202, r.text
@@ -124,10 +129,7 @@ def test_cancel_stops_a_running_job_within_one_step(lib: Lib):
     job = lib.start(item_id=content, style_item_id=style, steps=500).json()
     runner = threading.Thread(target=lib.work)
     runner.start()
-    deadline = time.monotonic() + 60
-    while (seen := lib.job(job["id"]))["step"] < 3:
-        assert time.monotonic() < deadline, seen
-        time.sleep(0.05)
+    wait_step(lib, job["id"], 3)
     r = lib.client.post(f"/api/stylize/{job['id']}/cancel")
     assert r.status_code == 200 and r.json()["cancel_requested"]
     asked_at = lib.job(job["id"])["step"]
@@ -183,6 +185,74 @@ def test_adding_a_result_to_the_library_makes_a_derived_item_that_search_finds(l
     # A full rescan of the library keeps it, and never walks Everlook's own folders.
     report = lib.parts.pipeline().run([str(lib.root)])
     assert report.removed == 0 and lib.parts.catalog.item_exists(derived)
+
+
+def test_add_to_library_asked_while_the_job_runs_is_done_when_it_ends(lib: Lib):
+    a, b = lib.item(lib.photos[1]), lib.item(lib.photos[3])
+    job = lib.start(item_id=a, style_item_id=b, steps=400).json()
+    runner = threading.Thread(target=lib.work)
+    runner.start()
+    wait_step(lib, job["id"], 2)
+    assert lib.client.post(f"/api/stylize/{job['id']}/library").status_code == 200
+    lib.client.post(f"/api/stylize/{job['id']}/cancel")  # ends it early: no result
+    runner.join()
+    assert lib.job(job["id"])["state"] == "cancelled"
+    job = lib.start(item_id=a, style_item_id=b, steps=40).json()
+    runner = threading.Thread(target=lib.work)
+    runner.start()
+    wait_step(lib, job["id"], 1)
+    lib.client.post(f"/api/stylize/{job['id']}/library")
+    runner.join()
+    while lib.watcher.step():
+        pass
+    assert lib.job(job["id"])["derived_item_id"] is not None
+
+
+def wait_step(lib: Lib, job_id: int, step: int) -> None:
+    deadline = time.monotonic() + 60
+    while (seen := lib.job(job_id))["step"] < step:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.02)
+
+
+def test_the_lease_is_kept_while_a_slow_first_step_or_model_load_runs(lib: Lib):
+    from catalog.stylejobs import new_owner
+
+    worker = lib.svc.worker
+    worker.opts = dataclasses.replace(worker.opts, lease_seconds=0.3)
+    real_run = worker.transfer.run
+
+    def slow_start(*args: Any, **kw: Any) -> Any:
+        time.sleep(1.5)  # as a first job's model load or download would: no step yet
+        return real_run(*args, **kw)
+
+    worker.transfer.run = slow_start
+    a = lib.item(lib.photos[0])
+    job = lib.start(item_id=a, style_item_id=a).json()
+    runner = threading.Thread(target=lib.work)
+    runner.start()
+    time.sleep(0.9)  # three leases long
+    assert worker.queue.claim(new_owner(), 0.3) is None  # still held
+    runner.join()
+    done = lib.job(job["id"])
+    assert done["state"] == "done" and done["attempts"] == 1
+
+
+def test_two_threads_of_one_worker_run_two_jobs_as_two_owners(lib: Lib):
+    worker = lib.parts.style_worker(concurrency=2)
+    a, b = lib.item(lib.photos[0]), lib.item(lib.photos[1])
+    jobs = [lib.start(item_id=a, style_item_id=b, steps=1000).json() for _ in range(2)]
+    t = threading.Thread(target=worker.run_forever)
+    t.start()
+    try:
+        for j in jobs:
+            wait_step(lib, j["id"], 1)
+        owners = {worker.queue.get(j["id"])["owner"] for j in jobs}
+        assert len(owners) == 2
+    finally:
+        worker.stop()
+        t.join(timeout=60)
+    assert {lib.job(j["id"])["state"] for j in jobs} == {"queued"}  # given back on stop
 
 
 def test_a_finished_result_can_be_added_afterwards_and_only_once(lib: Lib):
@@ -299,8 +369,10 @@ def test_jobs_are_listed_newest_first_and_by_state(lib: Lib):
     assert "owner" not in listed[0] and "result_file" not in listed[0]  # no internals
 
 
-def test_the_data_dir_inside_a_library_folder_is_never_indexed(parts: Any, tmp_path: Path,
-                                                               env: dict[str, str]):  # fmt: skip
+@pytest.mark.parametrize("through_a_link", [False, True])
+def test_the_data_dir_inside_a_library_folder_is_never_indexed(
+    tmp_path: Path, env: dict[str, str], through_a_link: bool
+):
     from everlook.settings import Settings
     from everlook.wiring import Parts
 
@@ -310,6 +382,10 @@ def test_the_data_dir_inside_a_library_folder_is_never_indexed(parts: Any, tmp_p
     stray.parent.mkdir(parents=True)
     picture(5).save(stray)
     parts = Parts(Settings(include_hidden=True))
-    report = parts.pipeline().run([str(root)])
+    walked = root
+    if through_a_link:  # the library folder is reached by a symlink: paths differ
+        walked = tmp_path.parent / f"{tmp_path.name}-link"
+        walked.symlink_to(root)
+    report = parts.pipeline().run([str(walked)])
     assert report.new == 2
-    assert parts.catalog.item_id_for_path(str(stray)) is None
+    assert parts.catalog.stats()["items"]["total"] == 2

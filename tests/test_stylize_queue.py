@@ -179,6 +179,18 @@ def test_a_worker_shutting_down_gives_its_job_back_without_using_an_attempt(cat)
         "queued", 0, None)  # fmt: skip
 
 
+def test_a_job_given_back_after_a_cancel_was_asked_ends_cancelled(cat):
+    q = StyleQueue(cat.engine)
+    a = add_item(cat, "a" * 64)
+    job = new_job(q, a, a)
+    me = new_owner()
+    q.claim(me, 30)
+    q.cancel(job["id"])
+    assert q.release(job["id"], me)
+    assert q.get(job["id"])["state"] == "cancelled"  # type: ignore[index]
+    assert q.claim(new_owner(), 30) is None
+
+
 def test_the_queue_cap_refuses_new_jobs_with_a_time_to_come_back(cat):
     q = StyleQueue(cat.engine)
     a = add_item(cat, "a" * 64)

@@ -58,6 +58,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 @pytest.fixture
 def workers(small: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
+    small = {**small, "EVERLOOK_JOB_LEASE_SECONDS": "3600"}
 
     def start() -> subprocess.Popen[str]:
         log = open(tmp_path / f"worker-{len(procs)}.log", "w")  # noqa: SIM115
@@ -88,15 +89,13 @@ def test_a_worker_killed_mid_job_has_its_job_taken_over_by_the_next_one(indexed,
     assert orphan is not None and orphan["state"] == "running"  # nobody said otherwise
     assert orphan["owner"].split(":")[1] == str(first.pid)
 
-    # The lease is 30 s; the next worker on this host sees the owner is gone and takes
-    # the job at once.
-    started = time.monotonic()
+    # The lease is an hour (see the fixture): only seeing that the owner's process is
+    # gone lets the next worker on this host take the job.
     second = workers()
     done = wait_for(lambda: (j := q.get(job["id"])) and j["state"] == "done" and j, 240,
                     "the second worker to finish the job")  # fmt: skip
     assert done["attempts"] == 2 and done["step"] == 300
     assert done["owner"].split(":")[1] == str(second.pid)
-    assert time.monotonic() - started < 200
     assert (parts.settings.home / done["result_file"]).is_file()
 
     # Stopped gracefully mid-job, a worker puts the job back, its attempt not counted.
