@@ -72,7 +72,15 @@ def _allowed(req: Request) -> str:
     route that matched the path, so a collection with GET and POST (/api/stylize) would
     say Allow: POST alone."""
     methods: set[str] = set()
-    for route in req.app.routes:
+    routes = list(req.app.routes)
+    while routes:
+        route = routes.pop()
+        # FastAPI keeps an included router as one entry; its routes are the router's own
+        # (our routers are included without a prefix, so their paths are the full ones).
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            routes.extend(inner.routes)
+            continue
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(req.url.path) and getattr(route, "methods", None):
             methods |= set(route.methods)

@@ -335,6 +335,9 @@ def test_an_unknown_item_is_404_and_an_unknown_job_too(lib: Lib):
                 "/api/stylize/77/preview"):  # fmt: skip
         assert lib.client.get(url).status_code == 404, url
     assert lib.client.post("/api/stylize/77/cancel").status_code == 404
+    # A method the path does not answer: 405 naming every one it does (GET and POST).
+    wrong = lib.client.put("/api/stylize")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, POST"
 
 
 def test_a_full_queue_answers_429_with_retry_after(lib: Lib):
