@@ -70,16 +70,6 @@ def _settings(cfg: StylizeConfig, asked: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(422, str(exc)) from None
 
 
-def _image_item(svc: Services, item_id: int, what: str) -> None:
-    kind = svc.catalog.items_of_kind([item_id]).get(item_id)
-    if kind is None:
-        raise ApiError(404 if what == "content" else 422,
-                       f"no item with id {item_id}" + ("" if what == "content"
-                                                       else " to take the style from"))  # fmt: skip
-    if kind != "image":
-        raise ApiError(422, f"the {what} item {item_id} is {kind}, not a picture")
-
-
 @router.post("/api/stylize", status_code=202, response_model=StyleJobPublic,
              responses=errors(400, 401, 404, 413, 415, 422, 429, 503))  # fmt: skip
 async def start(
@@ -110,24 +100,22 @@ async def start(
                                "content_weight": content_weight})  # fmt: skip
 
     def work() -> dict[str, Any]:
-        from indexer.stylize_worker import save_upload
+        from indexer.stylize_worker import check_picture, style_source
 
-        _image_item(svc, item_id, "content")
-        kw: dict[str, Any] = {}
-        if style_item_id is not None:
-            _image_item(svc, style_item_id, "style")
-            kw = {"style_kind": "item", "style_item_id": style_item_id}
-        elif artist is not None:
-            exemplar = svc.jobs.exemplar(artist, svc.config.artwork_min_score)
-            if exemplar is None:
-                raise ApiError(422, f"no artwork in the library is scored as {artist}'s "
-                               "style (see /api/facets for the styles it has)")  # fmt: skip
-            kw = {"style_kind": "artist", "style_artist": artist, "style_item_id": exemplar}
-        else:
-            assert data is not None
-            upload = decode_upload_image(data, svc.config.limits)
-            rel, sha = save_upload(cfg.home, upload.image)
-            kw = {"style_kind": "upload", "style_file": rel, "style_sha256": sha}
+        try:
+            check_picture(svc.catalog, item_id, "content")
+        except LookupError as exc:
+            raise ApiError(404, str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        picture = None
+        if data is not None:
+            picture = decode_upload_image(data, svc.config.limits).image
+        try:
+            kw = style_source(svc.catalog, svc.jobs, cfg.home, svc.config.artwork_min_score,
+                              item_id=style_item_id, artist=artist, picture=picture)  # fmt: skip
+        except (LookupError, ValueError) as exc:  # the style's source, not the resource
+            raise ApiError(422, str(exc)) from None
         try:
             return svc.jobs.create(
                 item_id=item_id, settings=settings, total=settings["steps"],

@@ -29,38 +29,30 @@ TAKEN_WITHIN_S = 2.0  # how long --wait lets a running worker claim the job firs
 def _style_source(parts: Any, style: str | None, artist: str | None) -> dict[str, Any]:
     """The job's style fields from --style ITEM|FILE or --artist NAME."""
     from catalog.stylejobs import StyleQueue
+    from indexer.stylize_worker import style_source
 
     if (style is None) == (artist is None):
         raise LookupError("give exactly one of --style ITEM|FILE or --artist NAME")
-    if artist is not None:
-        exemplar = StyleQueue(parts.catalog.engine).exemplar(
-            artist, parts.settings.artwork_min_score
-        )
-        if exemplar is None:
-            raise LookupError(f"no artwork in the library is scored as {artist}'s style "
-                              "(`everlook stats` lists the styles it has)")  # fmt: skip
-        return {"style_kind": "artist", "style_artist": artist, "style_item_id": exemplar}
-    assert style is not None
-    is_id = style.isdigit() and not os.path.exists(style)
-    known = None if is_id else parts.catalog.item_id_for_path(os.path.abspath(style))
-    if is_id or known is not None:
-        sid = int(style) if is_id else int(known or 0)
-        kind = parts.catalog.items_of_kind([sid]).get(sid)
-        if kind != "image":
-            why = f"item {sid} is {kind}, not a picture" if kind else f"no item with id {sid}"
-            raise LookupError(f"--style {style}: {why}")
-        return {"style_kind": "item", "style_item_id": sid}
-    if not os.path.isfile(style):
-        raise LookupError(f"--style {style}: neither an item id nor a picture file")
-    from indexer.media import MediaError, decode_image, read_file
-    from indexer.stylize_worker import save_upload
+    item_id, picture = None, None
+    if style is not None:
+        is_id = style.isdigit() and not os.path.exists(style)
+        item_id = int(style) if is_id else parts.catalog.item_id_for_path(os.path.abspath(style))
+        if item_id is None:  # a picture file outside the library: an uploaded style
+            picture = _picture_file(parts, style)
+    return style_source(parts.catalog, StyleQueue(parts.catalog.engine), parts.settings.home,
+                        parts.settings.artwork_min_score, item_id=item_id, artist=artist,
+                        picture=picture)  # fmt: skip
 
+
+def _picture_file(parts: Any, path: str) -> Any:
+    from indexer.media import MediaError, decode_image, read_file
+
+    if not os.path.isfile(path):
+        raise LookupError(f"--style {path}: neither an item id nor a picture file")
     try:
-        picture = decode_image(read_file(style, parts.limits()).data, parts.limits()).image
+        return decode_image(read_file(path, parts.limits()).data, parts.limits()).image
     except MediaError as exc:
-        raise LookupError(f"--style {style}: {exc}") from exc
-    rel, sha = save_upload(parts.settings.home, picture)
-    return {"style_kind": "upload", "style_file": rel, "style_sha256": sha}
+        raise LookupError(f"--style {path}: {exc}") from exc
 
 
 def _job_settings(parts: Any, asked: dict[str, Any]) -> dict[str, Any]:
@@ -114,13 +106,13 @@ def stylize(
     """Render a picture in the style of another (item or file) or of an artist, as a
     background job (see `everlook jobs`)."""
     from catalog.stylejobs import QueueFull, StyleQueue
+    from indexer.stylize_worker import check_picture
 
     parts = _parts()
     s = parts.settings
     try:
         item_id = resolve_item(parts, item)
-        if parts.catalog.items_of_kind([item_id]).get(item_id) != "image":
-            raise LookupError(f"item {item_id} is not a picture")
+        check_picture(parts.catalog, item_id, "content")
         source = _style_source(parts, style, artist)
         settings = _job_settings(parts, {"side": side, "steps": steps, "optimizer": optimizer})
         job = StyleQueue(parts.catalog.engine).create(

@@ -83,6 +83,36 @@ def job_settings(
     return dict(StyleSettings.from_dict({**defaults, **given}).as_dict())
 
 
+def check_picture(catalog: Catalog, item_id: int, what: str) -> None:
+    """LookupError if item_id is not in the library; ValueError if it is not a picture."""
+    kind = catalog.items_of_kind([item_id]).get(item_id)
+    if kind is None:
+        raise LookupError(f"no item with id {item_id}")
+    if kind != "image":
+        raise ValueError(f"the {what} item {item_id} is {kind}, not a picture")
+
+
+def style_source(
+    catalog: Catalog, queue: StyleQueue, home: Path, min_artwork: float, *,
+    item_id: int | None = None, artist: str | None = None, picture: Image.Image | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A job's style fields from its one source (the API and the CLI both ask here):
+    a library picture, an artist (the library's strongest artwork of that style), or a
+    picture given now (kept under the data dir). LookupError / ValueError say why not."""
+    if item_id is not None:
+        check_picture(catalog, item_id, "style")
+        return {"style_kind": "item", "style_item_id": item_id}
+    if artist is not None:
+        exemplar = queue.exemplar(artist, min_artwork)
+        if exemplar is None:
+            raise LookupError(f"no artwork in the library is scored as {artist}'s style")
+        return {"style_kind": "artist", "style_artist": artist, "style_item_id": exemplar}
+    if picture is None:
+        raise ValueError("give exactly one style: an item, an artist or a picture")
+    rel, sha = save_upload(home, picture)
+    return {"style_kind": "upload", "style_file": rel, "style_sha256": sha}
+
+
 def save_upload(home: Path, image: Image.Image) -> tuple[str, str]:
     """Keep an uploaded style picture (re-encoded as PNG: only pixels are kept, nothing
     of the uploaded file's own bytes). Returns (path relative to home, sha256)."""
