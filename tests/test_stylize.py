@@ -1,6 +1,8 @@
 """Gatys style transfer (enrich.stylize) on a seeded random VGG-19, offline.
 
-Grace Hopper's portrait in the style of The Starry Night, at 64 px and 20 steps. The
+The mechanics run on pictures made here. The margins are stated for a real pair from
+../shared/data/media, Grace Hopper's portrait in the style of The Starry Night, at 64 px
+and 20 steps (skipped without it; a looser bar holds on the pictures made here). The
 margins were measured over seeds 0-3 (see the constants): L-BFGS leaves 0.001-0.01 of
 the first style loss, Adam 0.045-0.059; the result's grey picture correlates 0.90-0.95
 with the content's; its mean colour ends 5-11 (of 255) from the style picture's where the
@@ -39,8 +41,48 @@ def picture(name: str) -> Image.Image:
         return im.convert("RGB")
 
 
+def photo(size: tuple[int, int] = (96, 120)) -> Image.Image:
+    """A photo-like picture made here: a lit gradient, a face and shoulders, fine noise."""
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(float)
+    img = np.stack([150 - 60 * y / h, 140 - 30 * x / w, 110 + 40 * y / h], -1)
+    img[((x - w / 2) / (w * 0.25)) ** 2 + ((y - h * 0.4) / (h * 0.22)) ** 2 < 1] = (215, 170, 140)
+    img[(np.abs(x - w / 2) < w * 0.35) & (y > h * 0.65)] = (40, 50, 90)
+    img += rng.normal(0, 6, img.shape)
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    return out.filter(ImageFilter.GaussianBlur(1))
+
+
+def painting(size: tuple[int, int] = (120, 90)) -> Image.Image:
+    """A painting-like picture made here: yellow swirls on a deep blue night, brushy."""
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(1)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(float)
+    r, a = np.hypot(x - w * 0.6, y - h * 0.35), np.arctan2(y - h * 0.35, x - w * 0.6)
+    bands = (np.sin(r / 4.0 + a * 3) > 0.55).astype(float)[..., None]
+    night = np.stack([20 + 30 * y / h, 40 + 40 * y / h, 120 + 60 * (1 - y / h)], -1)
+    img = night * (1 - bands) + np.array([240, 210, 60.0]) * bands + rng.normal(0, 18, night.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.SMOOTH)
+
+
 @pytest.fixture(scope="module")
 def pictures() -> tuple[Image.Image, Image.Image]:
+    """Made here: what the tests of the run's mechanics use, with or without ../shared."""
+    return photo(), painting()
+
+
+@pytest.fixture(scope="module")
+def real_pair() -> tuple[Image.Image, Image.Image]:
+    """A real photo and a real painting: the margins below were measured on them."""
+    if not (SHARED_MEDIA / "images").is_dir():
+        pytest.skip(f"shared media not found at {SHARED_MEDIA} (the margins are stated for "
+                    "a real photo and painting; generated pictures are checked in "
+                    "test_the_style_loss_falls_on_pictures_made_here_too)")  # fmt: skip
     return (
         picture("people_grace-hopper_pillow.jpg"),
         picture("painting_van-gogh-the-starry-night_neuralstyle.jpg"),
@@ -56,14 +98,14 @@ def model() -> StyleTransfer:
 
 @pytest.fixture(scope="module")
 def runs(
-    model: StyleTransfer, pictures: tuple[Image.Image, Image.Image]
+    model: StyleTransfer, real_pair: tuple[Image.Image, Image.Image]
 ) -> dict[str, tuple[StyleResult, list[StepInfo]]]:
     """One run per optimiser, with every StepInfo it reported."""
     out = {}
     for optimizer in ("lbfgs", "adam"):
         seen: list[StepInfo] = []
         settings = StyleSettings(side=SIDE, steps=STEPS, optimizer=optimizer)
-        out[optimizer] = model.run(*pictures, settings, on_step=seen.append), seen
+        out[optimizer] = model.run(*real_pair, settings, on_step=seen.append), seen
     return out
 
 
@@ -79,36 +121,46 @@ def grey(im: Image.Image) -> Any:
 def test_the_style_loss_falls_by_the_stated_factor_while_the_content_stays(
     optimizer: str,
     model: StyleTransfer,
-    pictures: tuple[Image.Image, Image.Image],
+    real_pair: tuple[Image.Image, Image.Image],
     runs: dict[str, tuple[StyleResult, list[StepInfo]]],
 ) -> None:
     result, _ = runs[optimizer]
     assert result.last_style_loss <= STYLE_LOSS_FACTOR[optimizer] * result.first_style_loss
-    content = stylize._fit(pictures[0], SIDE)
+    content = stylize._fit(real_pair[0], SIDE)
     assert np.corrcoef(grey(result.image), grey(content))[0, 1] >= MIN_GREY_CORRELATION
     # Bounded: the content loss stays below that of a picture of noise.
     noise = dataclasses.replace(StyleSettings(side=SIDE, steps=1), init="noise")
-    assert result.last_content_loss < model.run(*pictures, noise).first_content_loss
+    assert result.last_content_loss < model.run(*real_pair, noise).first_content_loss
     assert result.first_content_loss == 0.0  # it starts from the content picture
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_the_result_takes_on_the_colours_of_the_style_picture(
     optimizer: str,
-    pictures: tuple[Image.Image, Image.Image],
+    real_pair: tuple[Image.Image, Image.Image],
     runs: dict[str, tuple[StyleResult, list[StepInfo]]],
 ) -> None:
-    content, style = (stylize._fit(p, SIDE) for p in pictures)
+    content, style = (stylize._fit(p, SIDE) for p in real_pair)
     before = np.linalg.norm(mean_colour(content) - mean_colour(style))
     after = np.linalg.norm(mean_colour(runs[optimizer][0].image) - mean_colour(style))
     assert before > 40 and after <= COLOUR_FACTOR * before
 
 
-def test_on_step_sees_each_step_once_with_its_number_the_total_and_the_picture(
-    pictures: tuple[Image.Image, Image.Image],
-    runs: dict[str, tuple[StyleResult, list[StepInfo]]],
+def test_the_style_loss_falls_on_pictures_made_here_too(
+    model: StyleTransfer, pictures: tuple[Image.Image, Image.Image]
 ) -> None:
-    result, seen = runs["lbfgs"]
+    # Adam, whose fall is steady from seed to seed here (0.09-0.15 of the first loss
+    # over seeds 0-3; L-BFGS stalled on one seed of this flat, synthetic pair).
+    result = model.run(*pictures, StyleSettings(side=SIDE, steps=STEPS, optimizer="adam"))
+    assert result.last_style_loss <= 0.3 * result.first_style_loss
+
+
+def test_on_step_sees_each_step_once_with_its_number_the_total_and_the_picture(
+    model: StyleTransfer, pictures: tuple[Image.Image, Image.Image]
+) -> None:
+    seen: list[StepInfo] = []
+    settings = StyleSettings(side=SIDE, steps=STEPS)
+    result = model.run(*pictures, settings, on_step=seen.append)
     assert [(i.step, i.total) for i in seen] == [(k, STEPS) for k in range(1, STEPS + 1)]
     assert result.steps == STEPS and result.model_id == "torchvision/vgg19:random-seed0"
     assert result.device == "cpu" and result.seconds > 0
@@ -224,7 +276,7 @@ def test_imagenet_weights_in_the_model_dir_load_without_the_network(
     loaded = real.load().features.state_dict()
     assert asked == [] and all(torch.equal(loaded[k], v) for k, v in random.items())
     assert real.model_id == "torchvision/vgg19:IMAGENET1K_V1" != model.model_id
-    assert real.run(*pictures, StyleSettings(side=32, steps=1)).image.size[0] == 32
+    assert max(real.run(*pictures, StyleSettings(side=32, steps=1)).image.size) == 32
 
 
 def test_a_run_inside_inference_mode_still_gets_its_gradients(
