@@ -3,6 +3,7 @@ all of a batch or none of it."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -94,6 +95,10 @@ class Catalog:
         self.stages = StageBook(self.Session)
         self.browse = Browse(self.Session)
         self.spaces = SpaceBook(self.Session)
+        # Items whose path was pointed at other content: orphan candidates for the next
+        # prune_orphans(), so a watcher batch checks those, not the whole catalog.
+        self._detached: set[int] = set()
+        self._detached_lock = threading.Lock()
 
     # ---- reads -------------------------------------------------------------------
     def known_paths(self, roots: Iterable[str]) -> dict[str, KnownPath]:
@@ -208,6 +213,19 @@ class Catalog:
             )  # fmt: skip
             return list(s.scalars(stmt))
 
+    def embedded_among(self, item_ids: Iterable[int], space: str, model_id: str) -> set[int]:
+        """Those of item_ids that need nothing from the pipeline: they have this model's
+        vector, or are sounds (embedded by their spaces' stages). Indexed lookups only."""
+        out: set[int] = set()
+        with self.Session() as s:
+            for chunk in _chunks(sorted(set(item_ids))):
+                out.update(s.scalars(select(Embedding.item_id).where(
+                    Embedding.space == space, Embedding.model_id == model_id,
+                    Embedding.item_id.in_(chunk))))  # fmt: skip
+                out.update(s.scalars(select(Item.id).where(Item.id.in_(chunk),
+                                                           Item.kind == "audio")))  # fmt: skip
+        return out
+
     def embedding_ids(self, space: str, model_id: str) -> list[int]:
         with self.Session() as s:
             stmt = select(Embedding.item_id).where(
@@ -274,7 +292,8 @@ class Catalog:
                 if new.sha256 not in ids and new.vector:  # audio: embedded by a stage
                     self._put_embedding(s, item_id, new, stage)
                 ids[new.sha256] = item_id
-                self._set_path(s, new.path, item_id, new.size_bytes, new.mtime_ns)
+                self._detach(self._set_path(s, new.path, item_id, new.size_bytes,
+                                            new.mtime_ns))  # fmt: skip
         return ids
 
     @staticmethod
@@ -318,16 +337,25 @@ class Catalog:
         """(path, item_id, size, mtime_ns): point paths at existing items."""
         with self.Session.begin() as s:
             for path, item_id, size, mtime in rows:
-                self._set_path(s, path, item_id, size, mtime)
+                self._detach(self._set_path(s, path, item_id, size, mtime))
+
+    def _detach(self, item_id: int | None) -> None:
+        if item_id is not None:
+            with self._detached_lock:
+                self._detached.add(item_id)
 
     @staticmethod
-    def _set_path(s: Session, path: str, item_id: int, size: int, mtime_ns: int) -> None:
+    def _set_path(s: Session, path: str, item_id: int, size: int, mtime_ns: int) -> int | None:
+        """Point path at item_id; the item it pointed at before, if that was another."""
         row = s.scalar(select(FilePath).where(FilePath.path == path))
+        before = None
         if row is None:
             s.add(FilePath(path=path, item_id=item_id, size=size, mtime_ns=mtime_ns))
         else:
+            before = row.item_id if row.item_id != item_id else None
             row.item_id, row.size, row.mtime_ns = item_id, size, mtime_ns
         s.execute(delete(FileFailure).where(FileFailure.path == path))
+        return before
 
     def remove_paths(self, paths: Sequence[str]) -> list[int]:
         """Forget paths; delete items left with no path. Returns the deleted item ids."""
@@ -353,12 +381,18 @@ class Catalog:
             s.execute(delete(Item).where(Item.id.in_(chunk)))
         return orphans
 
-    def prune_orphans(self) -> list[int]:
-        """Delete items that lost all their paths (e.g. a path re-pointed to new content)."""
+    def prune_orphans(self, everywhere: bool = False) -> list[int]:
+        """Delete items that lost all their paths (a path re-pointed to new content).
+        By default only the items this catalog object detached since the last call
+        (O(batch)); everywhere=True also sweeps the whole catalog (a full scan does, so
+        candidates lost to a crash between a batch and its prune are caught there)."""
+        with self._detached_lock:
+            candidates, self._detached = self._detached, set()
         with self.Session.begin() as s:
-            with_path = select(FilePath.item_id)
-            orphans = set(s.scalars(select(Item.id).where(Item.id.not_in(with_path))))
-            return self._delete_orphans(s, orphans)
+            if everywhere:
+                with_path = select(FilePath.item_id)
+                candidates |= set(s.scalars(select(Item.id).where(Item.id.not_in(with_path))))
+            return self._delete_orphans(s, candidates)
 
     def record_failures(self, rows: Sequence[tuple[str, str]]) -> None:
         with self.Session.begin() as s:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +107,7 @@ class Pipeline:
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
         self._embedded: set[int] = set()
+        self._lazy = False
 
     # ---- workers -------------------------------------------------------------------
     def _prepare(self, found: Found, draft_side: int | None) -> _Prepared:
@@ -121,7 +122,7 @@ class Pipeline:
                 out.attach = True  # same bytes as a file earlier in this run
                 return out
             known = self.catalog.item_ids_by_sha([raw.sha256]).get(raw.sha256)
-            if known is not None and known in self._embedded:
+            if known is not None and self._needs_nothing(known):
                 out.attach = True
                 return out
             if sniff_audio(raw.data[:64]):
@@ -178,7 +179,7 @@ class Pipeline:
         rules = self.opts.rules
         gone = [p for p in known if p not in seen and not rules.skipped(p)]
         self._work(todo, known, {known[p].item_id for p in gone}, report, progress)
-        self._finish(problems, gone, report)
+        self._finish(problems, gone, report, everywhere=True)
         self.catalog.forget_failures_under(roots, keep=seen)
         self.save_indexes()
         return report
@@ -188,9 +189,9 @@ class Pipeline:
         exists is removed; removed_dirs drop every catalog path under them. The index
         is not saved here; the caller decides when (saving is O(index size))."""
         report = Report()
-        self._begin()
         paths = [os.path.abspath(p) for p in paths]
         known = self.catalog.known_paths(paths)
+        self._begin(among={kp.item_id for kp in known.values()})
         todo: list[Found] = []
         problems: list[tuple[str, str]] = []
         gone: list[str] = []
@@ -216,16 +217,32 @@ class Pipeline:
         if self.stages is not None:
             self.stages.save_indexes()
 
-    def _begin(self) -> None:
+    def _begin(self, among: Iterable[int] | None = None) -> None:
+        """Set up a run. ``among``: the items a batch of files may touch (a watcher
+        batch); None: a full scan, which looks at every item anyway."""
         _ = self.index.store  # opens the index and reconciles it with the catalog
         # Duplicate detection is per run: content seen in an earlier run may have been
         # deleted since, and a watcher's pipeline lives for weeks.
         self._claimed = set()
         # Items that need nothing from this pipeline: pictures with the CLIP vector of
         # the active model, and sounds (their vectors come from their spaces' stages).
-        self._embedded = set(
-            self.catalog.embedding_ids(self.embedder.space, self.embedder.model_id)
-        ) | set(self.catalog.item_ids_of_kind("audio"))
+        # A batch asks about its own items only: its cost must not grow with the catalog.
+        space, model_id = self.embedder.space, self.embedder.model_id
+        self._lazy = among is not None
+        if among is None:
+            self._embedded = set(self.catalog.embedding_ids(space, model_id)) | set(
+                self.catalog.item_ids_of_kind("audio"))  # fmt: skip
+        else:
+            self._embedded = self.catalog.embedded_among(among, space, model_id)
+
+    def _needs_nothing(self, item_id: int) -> bool:
+        """Whether an existing item (the same bytes as a file met now) is embedded."""
+        if item_id in self._embedded or not self._lazy:
+            return item_id in self._embedded
+        got = self.catalog.embedded_among([item_id], self.embedder.space, self.embedder.model_id)
+        with self._lock:
+            self._embedded |= got
+        return bool(got)
 
     def _sort(
         self, got: Found, known: dict[str, KnownPath], todo: list[Found], report: Report
@@ -238,13 +255,16 @@ class Pipeline:
         else:
             todo.append(got)
 
-    def _finish(self, problems: list[tuple[str, str]], gone: list[str], report: Report) -> None:
+    def _finish(
+        self, problems: list[tuple[str, str]], gone: list[str], report: Report,
+        everywhere: bool = False,
+    ) -> None:  # fmt: skip
         if problems:
             report.failed.extend(problems)
             self.catalog.record_failures(problems)
         removed_items = self.catalog.remove_paths(gone)
         report.removed = len(gone)
-        removed_items += self.catalog.prune_orphans()
+        removed_items += self.catalog.prune_orphans(everywhere)
         if removed_items:
             self.index.remove(removed_items)
             if self.stages is not None:

@@ -158,3 +158,41 @@ def test_content_deleted_then_added_back_is_indexed_again_by_the_same_pipeline(p
     assert (report.new, report.failed) == (1, [])
     assert parts.catalog.item_id_for_path(str(files[0])) is not None
     consistent(parts)
+
+
+def test_a_batch_of_files_never_reads_the_whole_catalog(parts, tmp_path: Path, monkeypatch):
+    """The watcher's batches (run_files) cost O(batch): no load of every embedding id,
+    no anti-join over every item; a changed file's old content is still pruned, and a
+    copy of known content is attached without embedding it again."""
+    lib = tmp_path / "lib"
+    photos = make_library(lib, 6)
+    report, _ = index(parts, lib)
+    old_item = parts.catalog.item_id_for_path(str(photos[0]))
+    shutil.copyfile(photos[1], lib / "copy-of-1.jpg")  # known content, new path
+    save(picture(500), photos[0], quality=90)  # new content under a known path
+    save(picture(501), lib / "new.jpg", quality=90)
+
+    def whole_catalog(*a: Any, **k: Any) -> None:
+        raise AssertionError("a batch read the whole catalog")
+
+    cat = parts.catalog
+    monkeypatch.setattr(cat, "embedding_ids", whole_catalog)
+    monkeypatch.setattr(cat, "item_ids_of_kind", whole_catalog)
+    sweeps: list[bool] = []
+    prune = cat.prune_orphans
+    monkeypatch.setattr(cat, "prune_orphans", lambda everywhere=False: sweeps.append(everywhere)
+                        or prune(everywhere))  # fmt: skip
+    counting = CountingEmbedder(parts.embedder)
+    pipeline = parts.pipeline()
+    pipeline.embedder = counting
+    batch = [str(photos[0]), str(lib / "copy-of-1.jpg"), str(lib / "new.jpg")]
+    report = pipeline.run_files(batch)
+    pipeline.save_indexes()
+    counts = (report.changed, report.new, report.duplicates, counting.embedded)
+    assert counts == (1, 1, 1, 2)  # the copy is attached, not embedded
+    assert sweeps == [False]
+    assert not cat.item_exists(old_item)  # its only path now shows other content
+    assert cat.item_id_for_path(str(lib / "copy-of-1.jpg")) == cat.item_id_for_path(
+        str(photos[1]))  # fmt: skip
+    monkeypatch.undo()
+    consistent(parts)
