@@ -172,3 +172,16 @@ def demo_server(demo_lib: Any) -> Iterator[Any]:
 
     with serving(demo_lib.settings, str(demo_lib.library), cwd=demo_lib.base) as served:
         yield served
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian chromium through Playwright, one per browser-test module (the
+    modules skip themselves when chromium or playwright is missing; the sound tests
+    launch theirs with a fake microphone)."""
+    from tests.test_browser import CHROMIUM, sync_api
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -65,3 +71,24 @@ def tone(path: Path, freq: float, seconds: float = 2.5, rate: int = 16000,
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data, rate, format=fmt)
     return path
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll cond until it returns something true (returned), or fail after timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def python_alone(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh interpreter with the repo importable and no EVERLOOK_* of the
+    caller's environment (what a module imports at import time shows there)."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVERLOOK_")}
+    env["PYTHONPATH"] = str(repo)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True)  # fmt: skip

@@ -81,14 +81,6 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 # ---------------------------------------------------------------- browser
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     """A fresh page (own storage) that fails the test on any uncaught script error."""

@@ -17,13 +17,11 @@ import pytest
 from PIL import Image
 
 from tests.test_browser import (
-    CHROMIUM,
     TIMEOUT_MS,
     TOKEN,
     Api,
     expect,
     shape_picture,
-    sync_api,
 )
 
 pytestmark = pytest.mark.slow
@@ -64,14 +62,6 @@ def no_job_left_running(server: Api) -> Iterator[None]:
     while busy and time.monotonic() < deadline:
         time.sleep(0.2)
         busy = server.get("/api/stylize", state=["queued", "running"])["jobs"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -14,9 +14,6 @@ Tolerances:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,8 @@ from search.embedders.imagebind import (
     upstream,
 )
 from search.model_base import ModelUnavailable, WeightsUnavailable
-from tests.conftest import REPO, TINY_IMAGEBIND
+from tests.conftest import TINY_IMAGEBIND
+from tests.helpers import python_alone
 
 SR = 16000
 COSINE = 0.99999
@@ -290,11 +288,7 @@ def test_importing_the_module_does_not_import_torch(tmp_path: Path) -> None:
         "print(emb.dim, emb.model_id, sorted(emb.modalities))\n"
         "assert not [m for m in ('torch', 'torchaudio', 'imagebind') if m in sys.modules]\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVERLOOK_")}
-    env["PYTHONPATH"] = str(REPO)
-    res = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    res = python_alone(code, tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[:2] == ["1024", "imagebind/imagebind_huge"]
 

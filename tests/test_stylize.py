@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,8 @@ from PIL import Image
 from enrich import stylize
 from enrich.stylize import Cancelled, StepInfo, StyleResult, StyleSettings, StyleTransfer
 from search.model_base import WeightsUnavailable
-from tests.conftest import REPO, SHARED_MEDIA
+from tests.conftest import SHARED_MEDIA
+from tests.helpers import python_alone
 
 SIDE, STEPS = 64, 20
 # Last style loss at most this fraction of the first (measured ≤ 0.010 and ≤ 0.059).
@@ -316,10 +314,6 @@ def test_importing_the_module_does_not_import_torch(tmp_path: Path) -> None:
         "print(m.model_id, StyleSettings().side)\n"
         "assert not [m for m in ('torch', 'torchvision') if m in sys.modules]\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVERLOOK_")}
-    env["PYTHONPATH"] = str(REPO)
-    res = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    res = python_alone(code, tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["torchvision/vgg19:IMAGENET1K_V1", "512"]

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.helpers import make_library, picture
+from tests.helpers import make_library, picture, wait_for
 from tests.serving import clean_env, serving, stop
 
 pytestmark = pytest.mark.slow
@@ -43,16 +42,6 @@ def indexed(small: dict[str, str], tmp_path: Path) -> tuple[Any, list[Path]]:
     photos = make_library(tmp_path / "library", 3)
     parts.pipeline().run([str(tmp_path / "library")])
     return parts, photos
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,20 +21,10 @@ import pytest
 from catalog.jobs import JobQueue
 from indexer.scan import ScanRules
 from indexer.watch import Watcher, WatchOptions
-from tests.helpers import jpeg_bytes, make_library, picture, save
+from tests.helpers import jpeg_bytes, make_library, picture, save, wait_for
 from tests.test_incremental import CountingEmbedder
 
 QUIET = 0.3
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
