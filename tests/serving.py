@@ -71,7 +71,7 @@ def serving(
         _wait_ready(served, ready_timeout)
         yield served
     finally:
-        stop(proc)
+        stop(served.proc)  # the one running now: a test may have restarted it
 
 
 def _wait_ready(served: Served, timeout: float) -> None:
