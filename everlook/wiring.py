@@ -25,7 +25,7 @@ def open_catalog(settings: Settings) -> Catalog:
     import migrations
 
     engine = make_engine(settings.catalog_url)
-    migrations.upgrade(engine)  # schema always at head before anything reads it
+    migrations.ensure_head(engine)  # schema always at head before anything reads it
     return Catalog(engine)
 
 
