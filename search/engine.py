@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +12,7 @@ from catalog import Catalog
 from catalog.filters import Filters
 from search.embedders import Embedder
 from search.index_sync import VectorIndex
+from search.present import Hit
 from search.query import MAX_DEPTH, Cursor, compose, parse
 from search.spaces import Modal
 
@@ -21,13 +21,6 @@ from search.spaces import Modal
 # (cosine similarities of CLIP text-image pairs sit around 0.2-0.35), never enough to
 # put an unrelated picture above a clearly better match.
 LABEL_BOOST = 0.05
-
-
-@dataclass(frozen=True)
-class Hit:
-    item_id: int
-    score: float
-    paths: list[str]
 
 
 class SearchEngine(Modal):

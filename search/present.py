@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from catalog import Catalog
-from search.engine import Hit
+if TYPE_CHECKING:  # a cold query reads a LiteCatalog and must not import SQLAlchemy
+    from catalog import Catalog
+    from catalog.lite import LiteCatalog
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: int
+    score: float
+    paths: list[str]
 
 
 def result_rows(
-    catalog: Catalog, hits: Sequence[Hit], min_artwork: float, first_rank: int = 1
+    catalog: Catalog | LiteCatalog, hits: Sequence[Hit], min_artwork: float, first_rank: int = 1
 ) -> list[dict[str, Any]]:
     ids = [h.item_id for h in hits]
     details = catalog.stages.enrichment(ids)

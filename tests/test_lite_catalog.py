@@ -1,0 +1,72 @@
+"""The stdlib-sqlite3 reader a cold query uses gives the same answers as the catalog."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from catalog import Catalog, make_engine
+from catalog.lite import LiteCatalog
+from search.present import Hit, result_rows
+
+
+def test_the_lite_reader_answers_as_the_catalog_does_on_an_enriched_library(demo_lib):
+    db = Path(demo_lib.settings["EVERLOOK_HOME"]) / "catalog.db"
+    full = Catalog(make_engine(f"sqlite:///{db}"))
+    with LiteCatalog(db) as lite:
+        active = full.spaces.active("clip")
+        assert active is not None
+        assert lite.active_model("clip") == (active.model_id, active.args)
+        assert lite.embeddings_mark("clip", active.model_id) == full.embeddings_mark(
+            "clip", active.model_id
+        )
+        ids = sorted(full.embedding_ids("clip", active.model_id))
+        assert len(ids) > 20
+        enriched = full.stages.enrichment(ids)
+        assert any(d["detections"] for d in enriched.values())  # the test means something
+        assert any("style" in d["labels"] for d in enriched.values())
+        assert lite.enrichment(ids) == enriched
+        assert lite.summaries(ids) == full.browse.summaries(ids)
+        assert lite.paths_for(ids) == full.paths_for(ids)
+        hits = [Hit(i, 1.0 - n / 100, p) for n, (i, p) in enumerate(full.paths_for(ids).items())]
+        assert result_rows(lite, hits, 0.5) == result_rows(full, hits, 0.5)
+
+
+def test_the_lite_reader_returns_paths_that_are_not_utf8_byte_for_byte(tmp_path: Path):
+    import migrations
+
+    db = tmp_path / "catalog.db"
+    engine = make_engine(f"sqlite:///{db}")
+    migrations.ensure_head(engine)
+    cat = Catalog(engine)
+    name = os.fsdecode(b"/lib/caf\xe9-\xff.jpg")  # Latin-1 bytes: not UTF-8
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO items (id, sha256, kind, size_bytes, created_at) "
+            "VALUES (1, 'ab', 'image', 3, '2026-01-01 00:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO paths (item_id, path, size, mtime_ns, updated_at) "
+            "VALUES (1, ?, 3, 1, '2026-01-01 00:00:00')",
+            (os.fsencode(name),),
+        )
+    item = 1
+    with LiteCatalog(db) as lite:
+        assert lite.paths_for([item]) == cat.paths_for([item]) == {item: [name]}
+        assert os.fsencode(lite.paths_for([item])[item][0]) == b"/lib/caf\xe9-\xff.jpg"
+        assert lite.revision() == migrations.head()
+
+
+def test_the_lite_reader_cannot_write_to_the_catalog(tmp_path: Path):
+    import migrations
+
+    db = tmp_path / "catalog.db"
+    migrations.ensure_head(make_engine(f"sqlite:///{db}"))
+    with LiteCatalog(db) as lite, pytest.raises(sqlite3.OperationalError):
+        lite.conn.execute("DELETE FROM items")
+    with pytest.raises(sqlite3.OperationalError):  # and never creates a missing file
+        LiteCatalog(tmp_path / "absent.db")
+    assert not (tmp_path / "absent.db").exists()
