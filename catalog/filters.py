@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +17,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from catalog.models import DetectionRow, FilePath, Item, LabelRow, SegmentRow
+from catalog.words import phrase
 
 
 @dataclass
@@ -132,17 +132,13 @@ def matching_ids(s: Session, f: Filters, batch: int = 500) -> list[int]:
     return [i for i in ids if i in keep]
 
 
-def _phrase(text: str) -> str:
-    return f" {' '.join(re.findall(r'[a-z0-9]+', text.lower()))} "
-
-
 def labelled_in(s: Session, text: str, kind: str) -> dict[int, float]:
     """Items carrying a stored label of this kind that the text names as a whole phrase
     (case-insensitive): item id -> the best such label's score. The vocabulary is small
     (the labels in use, at most ImageNet's 1,000), so it is matched in Python."""
-    words = _phrase(text)
+    words = phrase(text)
     vocab = s.scalars(select(LabelRow.label).where(LabelRow.kind == kind).distinct())
-    named = [v for v in vocab if _phrase(v) in words]
+    named = [v for v in vocab if phrase(v) in words]
     if not named:
         return {}
     rows = s.execute(

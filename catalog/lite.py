@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from catalog.words import phrase
+
 CHUNK = 500  # ids per IN (...): SQLite's variable limit is far above; keeps plans simple
 
 
@@ -84,6 +86,21 @@ class LiteCatalog:
             (space, model_id),
         )[0]
         return int(n), int(top or 0), _time(newest)
+
+    def items_labelled_in(self, text: str, kind: str = "imagenet") -> dict[int, float]:
+        """As Catalog.items_labelled_in: items whose stored label of this kind the text
+        names as a whole phrase -> the best such label's score."""
+        words = phrase(text)
+        vocab = self._all("SELECT DISTINCT label FROM labels WHERE kind = ?", (kind,))
+        named = [v for (v,) in vocab if phrase(v) in words]
+        if not named:
+            return {}
+        rows = self._all(
+            "SELECT item_id, max(score) FROM labels "
+            f"WHERE kind = ? AND label IN ({_marks(len(named))}) GROUP BY item_id",
+            (kind, *named),
+        )
+        return {int(i): float(sc) for i, sc in rows}
 
     # ---- what a result row shows ----------------------------------------------------------
     def paths_for(self, item_ids: Sequence[int]) -> dict[int, list[str]]:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from catalog import Catalog
-from catalog.filters import Filters
 from search.embedders import Embedder
-from search.index_sync import VectorIndex
 from search.present import Hit
 from search.query import MAX_DEPTH, Cursor, compose, parse
 from search.spaces import Modal
+
+if TYPE_CHECKING:  # a cold query runs the engine over catalog.lite, without SQLAlchemy
+    from catalog import Catalog
+    from catalog.filters import Filters
+    from catalog.lite import LiteCatalog
+    from search.index_sync import VectorIndex
+    from search.vectors import VectorStore
 
 # How much a stored label named by a text query adds to an item's score, times the
 # label's probability: enough to lift a confidently labelled item past near-ties
@@ -24,7 +28,9 @@ LABEL_BOOST = 0.05
 
 
 class SearchEngine(Modal):
-    def __init__(self, embedder: Embedder, index: VectorIndex, catalog: Catalog) -> None:
+    def __init__(
+        self, embedder: Embedder, index: VectorIndex | VectorStore, catalog: Catalog | LiteCatalog
+    ) -> None:
         self.embedder = embedder
         self.index = index
         self.catalog = catalog

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from search.embedders import Embedder
-from search.index_sync import VectorIndex
+
+if TYPE_CHECKING:
+    from search.index_sync import VectorIndex
 
 # Which item kinds a model with these modalities can embed.
 KIND_OF_MODALITY = {"image": "image", "audio": "audio"}

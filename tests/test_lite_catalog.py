@@ -31,6 +31,12 @@ def test_the_lite_reader_answers_as_the_catalog_does_on_an_enriched_library(demo
         assert lite.enrichment(ids) == enriched
         assert lite.summaries(ids) == full.browse.summaries(ids)
         assert lite.paths_for(ids) == full.paths_for(ids)
+        styles = {x["label"] for d in enriched.values() for x in d["labels"].get("style", [])}
+        for name in sorted(styles)[:3]:
+            text = f"an old {name.upper()} picture"
+            got = lite.items_labelled_in(text, "style")
+            assert got and got == full.items_labelled_in(text, "style")
+        assert lite.items_labelled_in("nothing named", "style") == {}
         hits = [Hit(i, 1.0 - n / 100, p) for n, (i, p) in enumerate(full.paths_for(ids).items())]
         assert result_rows(lite, hits, 0.5) == result_rows(full, hits, 0.5)
 
