@@ -16,7 +16,6 @@ from search.spaces import Modal
 if TYPE_CHECKING:  # a cold query runs the engine over catalog.lite, without SQLAlchemy
     from catalog import Catalog
     from catalog.filters import Filters
-    from catalog.lite import LiteCatalog
     from search.index_sync import VectorIndex
     from search.vectors import VectorStore
 
@@ -29,8 +28,10 @@ LABEL_BOOST = 0.05
 
 class SearchEngine(Modal):
     def __init__(
-        self, embedder: Embedder, index: VectorIndex | VectorStore, catalog: Catalog | LiteCatalog
+        self, embedder: Embedder, index: VectorIndex | VectorStore, catalog: Catalog
     ) -> None:
+        """catalog: the catalog, or for text queries without filters a LiteCatalog (it
+        answers paths_for and items_labelled_in alike)."""
         self.embedder = embedder
         self.index = index
         self.catalog = catalog
