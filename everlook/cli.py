@@ -7,13 +7,14 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from everlook.settings import Settings
+if TYPE_CHECKING:  # pydantic-settings costs ~0.2 s: a cold query reads its few settings
+    from everlook.settings import Settings  # itself (everlook.quick)
 
 app = typer.Typer(
     add_completion=False,
@@ -42,6 +43,8 @@ def emit_json(data: Any) -> None:
 
 
 def _settings() -> Settings:
+    from everlook.settings import Settings
+
     try:
         return Settings()
     except Exception as exc:  # pydantic ValidationError: bad EVERLOOK_* value

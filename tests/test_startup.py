@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import python_alone
 
 
@@ -45,3 +47,56 @@ def test_a_catalog_behind_the_head_is_still_upgraded_on_open(tmp_path: Path):
     assert migrations.ensure_head(engine) is True
     assert migrations.stored_revision(engine) == migrations.head()
     assert migrations.ensure_head(engine) is False
+
+
+SCENARIOS = [
+    ({}, ""),
+    ({"EVERLOOK_HOME": "~/lib-home", "everlook_negative_weight": "0.8"},
+     "EVERLOOK_ARTWORK_MIN_SCORE=0.3\nEVERLOOK_NEGATIVE_WEIGHT=1.5\n"),
+    ({"XDG_DATA_HOME": "{tmp}/xdg", "EVERLOOK_SPACES": '["clip", "imagebind"]'}, ""),
+    ({"EVERLOOK_DATABASE_URL": "sqlite:///{tmp}/elsewhere.db"},
+     "# a comment\nEVERLOOK_HOME='{tmp}/quoted home'\nexport EVERLOOK_ARTWORK_MIN_SCORE=0.75\n"),
+    ({"EVERLOOK_DATABASE_URL": "postgresql://u@h/db", "EVERLOOK_SPACES": '["clip"]'}, ""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("env", "dotenv"), SCENARIOS)
+def test_the_quick_settings_read_what_the_settings_class_reads(
+    env: dict[str, str], dotenv: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import os
+
+    from everlook.quick import QuickSettings
+    from everlook.settings import Settings
+
+    for key in list(os.environ):
+        if key.upper().startswith("EVERLOOK_") or key == "XDG_DATA_HOME":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(tmp=tmp_path))
+    (tmp_path / ".env").write_text(dotenv.format(tmp=tmp_path))
+    monkeypatch.chdir(tmp_path)
+    full = Settings()
+    quick = QuickSettings.read()
+    assert quick is not None
+    assert quick.home == full.home
+    url = full.catalog_url
+    assert quick.sqlite_file == (Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///")
+                                 else None)  # fmt: skip
+    assert quick.negative_weight == full.negative_weight
+    assert quick.artwork_min_score == full.artwork_min_score
+    assert quick.spaces == tuple(full.spaces)
+    assert quick.clip_backend == getattr(full, "clip_backend", "auto")
+    assert quick.models_cache == full.models_cache and quick.index_dir == full.index_dir
+
+
+def test_a_setting_the_quick_reader_cannot_read_leaves_the_query_to_the_full_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from everlook.quick import QuickSettings
+
+    monkeypatch.chdir(tmp_path)
+    for bad in ({"EVERLOOK_NEGATIVE_WEIGHT": "heavy"}, {"EVERLOOK_ARTWORK_MIN_SCORE": "3"},
+                {"EVERLOOK_SPACES": "clip,"}):  # fmt: skip
+        assert QuickSettings.read(bad, tmp_path) is None
