@@ -7,9 +7,9 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from catalog.browse import Browse
@@ -31,12 +31,16 @@ from catalog.spaces import SpaceBook
 from catalog.stages import StageBook
 
 
-@dataclass(frozen=True)
-class KnownPath:
+class KnownPath(NamedTuple):
+    # A tuple, not a dataclass: a scan builds one per catalogued file under its roots
+    # (100k+), and a frozen dataclass costs several times more to construct.
     path: str
     item_id: int
     size: int
     mtime_ns: int
+    # The item needs nothing from the pipeline in the space asked about (known_paths'
+    # ready_in): it has that model's vector, or it is a sound (embedded by its stages).
+    ready: bool = False
 
 
 @dataclass
@@ -101,14 +105,28 @@ class Catalog:
         self._detached_lock = threading.Lock()
 
     # ---- reads -------------------------------------------------------------------
-    def known_paths(self, roots: Iterable[str]) -> dict[str, KnownPath]:
+    def known_paths(
+        self, roots: Iterable[str], ready_in: tuple[str, str] | None = None
+    ) -> dict[str, KnownPath]:
+        """Catalogued paths at or under roots: one indexed range read per root, so a
+        scan costs what its tree holds, not what the catalog holds. With ready_in
+        (space, model id), each also says whether its item needs nothing from the
+        pipeline (KnownPath.ready), probed by the unique embedding index in that read."""
+        cols: list[Any] = [FilePath.path, FilePath.item_id, FilePath.size, FilePath.mtime_ns]
+        if ready_in is not None:
+            space, model_id = ready_in
+            has_vector = exists().where(
+                Embedding.item_id == FilePath.item_id, Embedding.space == space,
+                Embedding.model_id == model_id,
+            )  # fmt: skip
+            is_sound = exists().where(Item.id == FilePath.item_id, Item.kind == "audio")
+            cols.append(or_(has_vector, is_sound))
         out: dict[str, KnownPath] = {}
-        with self.Session() as s:
+        with self.engine.connect() as conn:
             for root in roots:
-                stmt = select(FilePath.path, FilePath.item_id, FilePath.size, FilePath.mtime_ns)
-                stmt = stmt.where(at_or_under(FilePath.path, root))
-                for p, item_id, size, mtime in s.execute(stmt):
-                    out[p] = KnownPath(p, item_id, size, mtime)
+                stmt = select(*cols).where(at_or_under(FilePath.path, root))
+                for p, item_id, size, mtime, *ready in conn.execute(stmt).all():
+                    out[p] = KnownPath(p, item_id, size, mtime, bool(ready and ready[0]))
         return out
 
     def item_ids_by_sha(self, shas: Sequence[str]) -> dict[str, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,7 +107,7 @@ class Pipeline:
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
         self._embedded: set[int] = set()
-        self._lazy = False
+        self._changed = False  # this run added to or removed from a vector index
 
     # ---- workers -------------------------------------------------------------------
     def _prepare(self, found: Found, draft_side: int | None) -> _Prepared:
@@ -161,12 +161,18 @@ class Pipeline:
         return out
 
     # ---- the runs --------------------------------------------------------------------
-    def run(self, roots: Sequence[str], progress: ProgressFn | None = None) -> Report:
-        """Bring the catalog in step with everything under roots (a full scan)."""
+    def run(
+        self, roots: Sequence[str], progress: ProgressFn | None = None, save: bool = True
+    ) -> Report:
+        """Bring the catalog in step with everything under roots (a full scan).
+
+        What is unchanged costs a stat and a look-up in one indexed range read of the
+        catalog's paths under roots: no read, no hash, no model, no vector index (those
+        load when the first file needs them). save=False leaves saving the vector
+        index to the caller (the watcher saves when idle); it is saved only if changed."""
         report = Report()
         roots = [os.path.abspath(r) for r in roots]
-        self._begin()
-        known = self.catalog.known_paths(roots)
+        known = self._begin(roots)
         todo: list[Found] = []
         seen: set[str] = set()
         problems: list[tuple[str, str]] = []
@@ -181,8 +187,14 @@ class Pipeline:
         self._work(todo, known, {known[p].item_id for p in gone}, report, progress)
         self._finish(problems, gone, report, everywhere=True)
         self.catalog.forget_failures_under(roots, keep=seen)
-        self.save_indexes()
+        if save and self._changed:
+            self.save_indexes()
         return report
+
+    @property
+    def changed(self) -> bool:
+        """Whether the last run changed a vector index (added or removed vectors)."""
+        return self._changed
 
     def run_files(self, paths: Sequence[str], removed_dirs: Sequence[str] = ()) -> Report:
         """Index exactly these files (the watcher's batches): a path that no longer
@@ -190,8 +202,7 @@ class Pipeline:
         is not saved here; the caller decides when (saving is O(index size))."""
         report = Report()
         paths = [os.path.abspath(p) for p in paths]
-        known = self.catalog.known_paths(paths)
-        self._begin(among={kp.item_id for kp in known.values()})
+        known = self._begin(paths)
         todo: list[Found] = []
         problems: list[tuple[str, str]] = []
         gone: list[str] = []
@@ -217,28 +228,26 @@ class Pipeline:
         if self.stages is not None:
             self.stages.save_indexes()
 
-    def _begin(self, among: Iterable[int] | None = None) -> None:
-        """Set up a run. ``among``: the items a batch of files may touch (a watcher
-        batch); None: a full scan, which looks at every item anyway."""
-        _ = self.index.store  # opens the index and reconciles it with the catalog
+    def _begin(self, roots: Sequence[str]) -> dict[str, KnownPath]:
+        """Set up a run over roots (folders, or a watcher batch's files): the catalog's
+        paths under them, each saying whether its item needs anything from us."""
         # Duplicate detection is per run: content seen in an earlier run may have been
         # deleted since, and a watcher's pipeline lives for weeks.
         self._claimed = set()
+        self._changed = False
         # Items that need nothing from this pipeline: pictures with the CLIP vector of
         # the active model, and sounds (their vectors come from their spaces' stages).
-        # A batch asks about its own items only: its cost must not grow with the catalog.
-        space, model_id = self.embedder.space, self.embedder.model_id
-        self._lazy = among is not None
-        if among is None:
-            self._embedded = set(self.catalog.embedding_ids(space, model_id)) | set(
-                self.catalog.item_ids_of_kind("audio"))  # fmt: skip
-        else:
-            self._embedded = self.catalog.embedded_among(among, space, model_id)
+        # Asked about the items under roots only, in the same read as their paths: a
+        # run's cost must not grow with the catalog. Other items (content met under a
+        # new path) are asked about one by one (_needs_nothing).
+        known = self.catalog.known_paths(roots, (self.embedder.space, self.embedder.model_id))
+        self._embedded = {kp.item_id for kp in known.values() if kp.ready}
+        return known
 
     def _needs_nothing(self, item_id: int) -> bool:
         """Whether an existing item (the same bytes as a file met now) is embedded."""
-        if item_id in self._embedded or not self._lazy:
-            return item_id in self._embedded
+        if item_id in self._embedded:
+            return True
         got = self.catalog.embedded_among([item_id], self.embedder.space, self.embedder.model_id)
         with self._lock:
             self._embedded |= got
@@ -249,8 +258,7 @@ class Pipeline:
     ) -> None:
         report.scanned += 1
         kp = known.get(got.path)
-        if (kp is not None and kp.size == got.size and kp.mtime_ns == got.mtime_ns
-                and kp.item_id in self._embedded):  # fmt: skip
+        if kp is not None and kp.ready and kp.size == got.size and kp.mtime_ns == got.mtime_ns:
             report.unchanged += 1
         else:
             todo.append(got)
@@ -266,6 +274,7 @@ class Pipeline:
         report.removed = len(gone)
         removed_items += self.catalog.prune_orphans(everywhere)
         if removed_items:
+            self._changed = True
             self.index.remove(removed_items)
             if self.stages is not None:
                 self.stages.remove_from_indexes(removed_items)
@@ -297,6 +306,7 @@ class Pipeline:
                 ids = self._store(batch, failures, report)
                 batch[:] = [p for p in batch if p.sha256 in ids]
                 pictures = [p.item for p in batch if p.item is not None and p.item.vector]
+                self._changed = True  # vectors, or the stages' vectors of sounds
                 if pictures:
                     self.index.add(
                         np.array([ids[it.sha256] for it in pictures], dtype=np.int64),
@@ -322,6 +332,9 @@ class Pipeline:
 
         if not todo:
             return
+        # The index opens (and is reconciled with the catalog) before this run writes to
+        # the catalog; a run with nothing to embed never loads it.
+        _ = self.index.store
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             pending: deque[Future[_Prepared]] = deque()
             it = iter(todo)

@@ -196,3 +196,29 @@ def test_a_batch_of_files_never_reads_the_whole_catalog(parts, tmp_path: Path, m
         str(photos[1]))  # fmt: skip
     monkeypatch.undo()
     consistent(parts)
+
+
+def test_an_unchanged_re_index_loads_no_model_and_no_vector_index(parts, env, tmp_path: Path,
+                                                                  monkeypatch):  # fmt: skip
+    """What is unchanged costs a stat and a look-up: a new process (fresh parts) that
+    finds nothing new never reads a file, loads the CLIP model or opens the index."""
+    from everlook.settings import Settings
+    from everlook.wiring import Parts
+
+    lib = tmp_path / "lib"
+    make_library(lib, 5)
+    index(parts, lib)
+    import indexer.pipeline as pl
+
+    def no_reads(*a: Any, **k: Any) -> None:
+        raise AssertionError("an unchanged file was read")
+
+    monkeypatch.setattr(pl, "read_file", no_reads)
+    fresh = Parts(Settings())
+    saved: list[bool] = []
+    pipeline = fresh.pipeline()
+    monkeypatch.setattr(pipeline, "save_indexes", lambda: saved.append(True))
+    report = pipeline.run([str(lib)])
+    assert (report.unchanged, report.new, report.failed) == (5, 0, [])
+    assert not fresh.embedder.loaded and not fresh.index.loaded
+    assert saved == [], "nothing changed: the index file is not rewritten"
