@@ -312,6 +312,7 @@ class Catalog:
                 ids[new.sha256] = item_id
                 self._detach(self._set_path(s, new.path, item_id, new.size_bytes,
                                             new.mtime_ns))  # fmt: skip
+        self.stages.note_items(ids.values())
         return ids
 
     @staticmethod
@@ -439,14 +440,14 @@ class Catalog:
             kinds: dict[str, int] = {
                 k: n for k, n in s.execute(select(Item.kind, func.count()).group_by(Item.kind))
             }
-            stage_rows = s.execute(
-                select(StageStatus.stage, StageStatus.status, func.count()).group_by(
-                    StageStatus.stage, StageStatus.status
-                )
-            )
+            # Grouped in the order of the covering index ix_stage_status_progress
+            # (stage, model, status, ...): read straight through, no sort of every row.
+            by = (StageStatus.stage, StageStatus.model_id, StageStatus.status)
             stages: dict[str, dict[str, int]] = {}
-            for stage, status, n in stage_rows:
-                stages.setdefault(stage, {})[StageState(status).value] = n
+            for stage, _model, status, n in s.execute(select(*by, func.count()).group_by(*by)):
+                counts = stages.setdefault(stage, {})
+                key = StageState(status).value
+                counts[key] = counts.get(key, 0) + n
             failures = [
                 {"path": p, "reason": r, "attempts": a, "updated_at": _iso(t)}
                 for p, r, a, t in s.execute(
@@ -466,14 +467,18 @@ class Catalog:
                     )
                 )
             ]
+            # Counted from the covering index (space, model, item); the dimension, which
+            # a model fixes, from one row each (grouping by it read every vector's row).
             models = [
-                {"space": sp, "model_id": m, "dim": d, "count": n}
-                for sp, m, d, n in s.execute(
-                    select(
-                        Embedding.space, Embedding.model_id, Embedding.dim, func.count()
-                    ).group_by(Embedding.space, Embedding.model_id, Embedding.dim)
-                )
-            ]
+                {"space": sp, "model_id": m, "dim": s.scalar(
+                    select(Embedding.dim).where(Embedding.space == sp,
+                                                Embedding.model_id == m).limit(1)),
+                 "count": n}
+                for sp, m, n in s.execute(
+                    select(Embedding.space, Embedding.model_id, func.count())
+                    .group_by(Embedding.space, Embedding.model_id)
+                ).all()
+            ]  # fmt: skip
             n_paths = s.scalar(select(func.count()).select_from(FilePath)) or 0
         return {
             "items": {"total": sum(kinds.values()), "by_kind": kinds},

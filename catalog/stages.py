@@ -4,10 +4,16 @@ A stage's work for an item is *done* when a status row says done with the stage'
 current model id. Anything else (no row, another model's row, failed with attempts left)
 is pending. So enabling a stage backfills every item, changing its model re-queues
 exactly its work, and a failure is retried until ``max_attempts``.
+
+Nothing here may cost what the catalog holds on every call: a watcher asks what is
+pending whenever it is idle, so once a look found nothing pending up to the highest
+item id, later looks start above it (see :meth:`StageBook.pending`); counts are read
+from covering indexes (migration 0007).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -40,9 +46,53 @@ def _settled(stage: str, model_id: str, max_attempts: int) -> Any:
     )
 
 
+_Question = tuple[str, str, tuple[str, ...], int, tuple[str, str] | None]
+
+
+def item_kinds(s: Session) -> list[str]:
+    """The item kinds present, skipping through the kind index: a few seeks, where
+    SELECT DISTINCT would read an entry per item."""
+    kinds: list[str] = []
+    kind = s.scalar(select(func.min(Item.kind)))
+    while kind is not None:
+        kinds.append(kind)
+        kind = s.scalar(select(func.min(Item.kind)).where(Item.kind > kind))
+    return kinds
+
+
 class StageBook:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self.Session = session_factory
+        # Per question asked of pending(): every item with an id up to this was found
+        # settled by a look that came up empty, and nothing written through this book
+        # since can have unsettled one. Writes that can (a failure with attempts left,
+        # retry_failed, content stored for an existing item or under a reused id) lower
+        # or drop it; see note_items. Another process's writes are not seen: the writer
+        # lock keeps one writer per catalog, and items another worker adds get higher
+        # ids. Lost with the process: a new one looks through everything once.
+        self._settled_to: dict[_Question, int] = {}
+        self._generation = 0
+        self._memo_lock = threading.Lock()
+
+    def note_items(self, item_ids: Iterable[int], space: str | None = None) -> None:
+        """Content was stored for these items (new items, or, with space, that space's
+        vectors): stages may have work for them, even under an id a look already found
+        settled (SQLite gives a new row the id of a deleted newest one)."""
+        low = min(item_ids, default=None)
+        if low is None:
+            return
+        with self._memo_lock:
+            self._generation += 1
+            for q, top in self._settled_to.items():
+                wants = space is None or (q[4] is not None and q[4][0] == space)
+                if wants and top >= low:
+                    self._settled_to[q] = low - 1
+
+    def _forget(self, stage: str) -> None:
+        with self._memo_lock:
+            self._generation += 1
+            for q in [q for q in self._settled_to if q[0] == stage]:
+                del self._settled_to[q]
 
     # ---- what is left to do -----------------------------------------------------------
     def pending(
@@ -56,11 +106,21 @@ class StageBook:
         embedded: tuple[str, str] | None = None,
     ) -> list[int]:
         """Item ids (ascending, > after) this stage still has to do; with ``embedded``
-        (space, model id), only items that have that embedding."""
+        (space, model id), only items that have that embedding.
+
+        Looks only above the highest id an earlier empty look covered (O(new items)
+        once caught up, where each look would otherwise probe every item)."""
+        kinds = sorted(set(kinds))
+        question: _Question = (stage, model_id, tuple(kinds), max_attempts, embedded)
+        with self._memo_lock:
+            settled_to, generation = self._settled_to.get(question, 0), self._generation
         with self.Session() as s:
+            # Read before the look: an item stored meanwhile has a higher id, so it is
+            # either seen by the look or above the mark set from this.
+            top = s.scalar(select(func.max(Item.id))) or 0
             stmt = (
                 select(Item.id)
-                .where(Item.kind.in_(list(kinds)), Item.id > after)
+                .where(Item.kind.in_(kinds), Item.id > max(after, settled_to))
                 .where(not_(_settled(stage, model_id, max_attempts)))
                 .order_by(Item.id)
                 .limit(limit)
@@ -72,7 +132,12 @@ class StageBook:
                         Embedding.model_id == embedded[1],
                     )
                 )  # fmt: skip
-            return list(s.scalars(stmt))
+            ids = list(s.scalars(stmt))
+        if not ids and after <= settled_to:  # the look covered everything above the mark
+            with self._memo_lock:
+                if generation == self._generation:
+                    self._settled_to[question] = top
+        return ids
 
     def settled(
         self, stage: str, model_id: str, item_ids: Sequence[int], max_attempts: int
@@ -95,29 +160,51 @@ class StageBook:
                 .where(StageStatus.stage == stage, StageStatus.status == StageState.failed)
                 .values(attempts=0)
             )
-            return int(res.rowcount or 0)  # type: ignore[attr-defined]
+            n = int(res.rowcount or 0)  # type: ignore[attr-defined]
+        self._forget(stage)
+        return n
 
     def progress(
         self, stage: str, model_id: str, kinds: Iterable[str], max_attempts: int
     ) -> dict[str, int]:
-        """done / failed (given up) / retrying / pending counts for the current model."""
+        """done / failed (given up) / retrying / pending counts for the current model.
+
+        Counted from covering indexes (items by kind; the stage's rows by stage, model,
+        status and attempts), without joining each row to its item: a stage's rows are
+        of items of its kinds, except where the catalog holds other kinds too, and
+        those rows are counted apart and taken off (a join over their items only)."""
         kinds = list(kinds)
         with self.Session() as s:
             total = s.scalar(select(func.count()).where(Item.kind.in_(kinds))) or 0
+            mine = (StageStatus.stage == stage, StageStatus.model_id == model_id)
             # Grouped by plain columns and folded here: an expression in both SELECT and
             # GROUP BY binds its parameter twice, which PostgreSQL refuses.
-            rows = s.execute(
-                select(StageStatus.status, StageStatus.attempts, func.count())
-                .join(Item, Item.id == StageStatus.item_id)
-                .where(StageStatus.stage == stage, StageStatus.model_id == model_id)
-                .where(Item.kind.in_(kinds))
-                .group_by(StageStatus.status, StageStatus.attempts)
-            )
+            counts: dict[tuple[Any, int], int] = {}
+            by = (StageStatus.status, StageStatus.attempts)
+            for status, attempts, n in s.execute(
+                select(*by, func.count()).where(*mine).group_by(*by)
+            ):
+                counts[(status, attempts)] = counts.get((status, attempts), 0) + n
+            others = [k for k in item_kinds(s) if k not in kinds]
+            if others:
+                # Driven from the items of those kinds (their index), each probing its
+                # own rows: `|| ''` keeps the planner from walking every row of the
+                # stage through ix_stage_status_progress instead (portable: PostgreSQL
+                # concatenates text the same way).
+                unindexed = (StageStatus.stage.concat("") == stage,
+                             StageStatus.model_id.concat("") == model_id)  # fmt: skip
+                for status, attempts, n in s.execute(
+                    select(*by, func.count())
+                    .join(Item, Item.id == StageStatus.item_id)
+                    .where(*unindexed, Item.kind.in_(others))
+                    .group_by(*by)
+                ):
+                    counts[(status, attempts)] -= n
             done = failed = retrying = 0
-            for status, attempts, n in rows:
-                if StageState(status) == StageState.done:
+            for (state, tries), n in counts.items():
+                if StageState(state) == StageState.done:
                     done += n
-                elif attempts >= max_attempts:
+                elif tries >= max_attempts:
                     failed += n
                 else:
                     retrying += n
@@ -157,6 +244,12 @@ class StageBook:
             for item_id, error in failures.items():
                 if item_id in alive:
                     self._status(s, item_id, stage, model_id, error)
+        if failures:  # retried while attempts are left: pending again, under the mark
+            self._forget(stage)
+        for space in {out.space for out in outputs.values() if out.vectors}:
+            # Stages that take items having this space's vectors may take these now.
+            self.note_items([i for i, o in outputs.items() if o.vectors and o.space == space],
+                            space)  # fmt: skip
 
     @staticmethod
     def _put_vector(s: Session, item_id: int, space: str, model_id: str, vector: bytes) -> None:

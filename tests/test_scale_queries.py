@@ -1,0 +1,185 @@
+"""What the catalog is asked while indexing, watching and reporting must not cost what the
+catalog holds: each statement run is explained by SQLite, and none may scan a big table
+unless it is one of the few whole-catalog aggregates named here.
+
+SQLite plans without statistics (Everlook never runs ANALYZE) do not depend on how many
+rows the tables hold, so a small catalog shows the plans a million-item one gets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+from catalog.models import StageState
+from catalog.results import StageOutput
+from tests.helpers import make_library, picture, save
+
+BIG = ("items", "paths", "embeddings", "stage_status", "detections", "segments", "labels")
+
+
+@contextmanager
+def statements(engine: Any) -> Iterator[list[tuple[str, Any]]]:
+    """Every SQL statement run on engine inside the block, with its parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if not many and sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+            seen.append((sql, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def scans(engine: Any, seen: list[tuple[str, Any]]) -> list[str]:
+    """The plan lines, one per statement, of those that scan a big table or its index
+    from end to end ("SCAN items ..."; a "SEARCH" is a bounded look-up)."""
+    out = []
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        for sql, params in seen:
+            plan = [row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            hits = [p for p in plan if re.match(rf"SCAN ({'|'.join(BIG)})\b", p)]
+            if hits:
+                out.append(" ; ".join(hits) + "  <-  " + " ".join(sql.split())[:160])
+    return out
+
+
+def watched(parts: Any, fn: Callable[[], Any]) -> tuple[Any, list[str]]:
+    with statements(parts.catalog.engine) as seen:
+        got = fn()
+    return got, scans(parts.catalog.engine, seen)
+
+
+def test_an_unchanged_re_index_scans_no_table_but_the_orphan_sweep(parts, tmp_path: Path):
+    lib = tmp_path / "lib"
+    make_library(lib, 6)
+    parts.pipeline().run([str(lib)])
+    report, full = watched(parts, lambda: parts.pipeline().run([str(lib)]))
+    assert report.unchanged == 6
+    # The sweep for items left without a path (a crash between a re-pointed path and
+    # its prune) is the one whole-catalog read a full scan keeps: one covering index.
+    assert len(full) == 1 and "NOT IN (SELECT paths.item_id" in full[0], full
+
+
+def test_a_watcher_batch_scans_no_table(parts, tmp_path: Path):
+    lib = tmp_path / "lib"
+    photos = make_library(lib, 6)
+    pipeline = parts.pipeline()
+    pipeline.run([str(lib)])
+    save(picture(300), photos[0], quality=90)  # new content under a known path
+    save(picture(301), lib / "new.jpg", quality=90)
+    photos[2].unlink()
+    batch = [str(photos[0]), str(lib / "new.jpg"), str(photos[2])]
+    report, full = watched(parts, lambda: pipeline.run_files(batch))
+    assert (report.changed, report.new, report.removed) == (1, 1, 1)
+    assert full == []
+
+
+def test_stats_and_stage_progress_count_from_indexes(parts, tmp_path: Path):
+    make_library(tmp_path / "lib", 4)
+    parts.pipeline().run([str(tmp_path / "lib")])
+    cat = parts.catalog
+    stats, full = watched(parts, cat.stats)
+    assert stats["items"]["total"] == 4 and stats["stages"]["embed/clip"] == {"done": 4}
+    assert stats["models"] == [
+        {"space": "clip", "model_id": parts.embedder.model_id, "dim": parts.embedder.dim,
+         "count": 4}
+    ]  # fmt: skip
+    progress, more = watched(
+        parts, lambda: cat.stages.progress("embed/clip", parts.embedder.model_id, ["image"], 1)
+    )
+    assert progress == {"done": 4, "failed": 0, "retrying": 0, "pending": 0, "total": 4}
+    # Counting needs a pass over an index; never over a table's rows (a vector each).
+    for line in full + more:
+        assert "USING COVERING INDEX" in line, line
+
+
+def test_browse_facets_read_the_date_range_from_its_index(parts, tmp_path: Path):
+    make_library(tmp_path / "lib", 3)
+    parts.pipeline().run([str(tmp_path / "lib")])
+    facets, full = watched(parts, lambda: parts.catalog.browse.facets(0.5, 0.2))
+    assert facets["kinds"] == [{"value": "image", "count": 3}]
+    assert not any("taken_at" in line for line in full), full
+
+
+def test_a_stage_caught_up_looks_only_at_items_added_since(parts, tmp_path: Path):
+    """Once a look found nothing pending, the next starts above the highest item id of
+    that look (O(new items), where each would probe every item), and still sees what
+    became pending below it through this catalog: a failure to retry, a retry asked."""
+    lib = tmp_path / "lib"
+    make_library(lib, 5)
+    pipeline = parts.pipeline()
+    pipeline.run([str(lib)])
+    book = parts.catalog.stages
+    ids = sorted(parts.catalog.embedding_ids("clip", parts.embedder.model_id))
+
+    def pending() -> list[int]:
+        return book.pending("style", "m1", ["image"], 3, limit=100)
+
+    assert pending() == ids
+    book.save("style", "m1", {i: StageOutput() for i in ids}, {})
+    assert pending() == []  # a whole look, once: everything is settled
+    top = max(ids)
+    with statements(parts.catalog.engine) as seen:
+        assert pending() == []
+    looks = [p for sql, p in seen if "stage_status" in sql]
+    assert len(looks) == 1 and top in tuple(looks[0]), "the look starts above the mark"
+
+    save(picture(77), lib / "later.jpg", quality=90)
+    pipeline.run_files([str(lib / "later.jpg")])
+    new = parts.catalog.item_id_for_path(str(lib / "later.jpg"))
+    assert new is not None and pending() == [new]
+    book.save("style", "m1", {new: StageOutput()}, {ids[1]: "boom"})  # attempt 2 of 3
+    assert pending() == [ids[1]], "a failure with attempts left is pending again"
+    book.save("style", "m1", {}, {ids[1]: "boom again"})  # attempt 3: given up
+    assert pending() == []
+    book.retry_failed("style")
+    assert pending() == [ids[1]]
+    assert book.progress("style", "m1", ["image"], 3)["retrying"] == 1
+
+
+def test_a_new_item_under_a_reused_id_is_still_pending(parts, tmp_path: Path):
+    """SQLite gives a new row the highest id + 1: after the newest item is deleted, the
+    next one takes its id, which a look had found settled."""
+    lib = tmp_path / "lib"
+    files = make_library(lib, 3)
+    pipeline = parts.pipeline()
+    pipeline.run([str(lib)])
+    book = parts.catalog.stages
+    ids = sorted(parts.catalog.embedding_ids("clip", parts.embedder.model_id))
+    book.save("style", "m1", {i: StageOutput() for i in ids}, {})
+    assert book.pending("style", "m1", ["image"], 2, limit=10) == []
+    newest = next(f for f in files if parts.catalog.item_id_for_path(str(f)) == ids[-1])
+    newest.unlink()
+    pipeline.run_files([str(newest)])
+    save(picture(99), lib / "other.jpg", quality=90)
+    pipeline.run_files([str(lib / "other.jpg")])
+    reused = parts.catalog.item_id_for_path(str(lib / "other.jpg"))
+    assert reused == ids[-1]
+    assert book.pending("style", "m1", ["image"], 2, limit=10) == [reused]
+    assert StageState.done.value == "done"
+
+
+def test_progress_leaves_out_rows_of_items_of_kinds_the_stage_does_not_take(parts):
+    """A stage's rows are counted from the index, and rows of items of other kinds (left
+    by an older configuration) are taken off by probing those items only."""
+    from catalog.models import Item, StageStatus
+
+    cat = parts.catalog
+    with cat.Session.begin() as s:
+        for i, kind in enumerate(("image", "image", "audio"), 1):
+            s.add(Item(id=i, sha256=f"{i:064d}", kind=kind, size_bytes=1))
+            s.flush()
+            s.add(StageStatus(item_id=i, stage="style", status=StageState.done, attempts=1,
+                              model_id="m1"))  # fmt: skip
+    got, full = watched(parts, lambda: cat.stages.progress("style", "m1", ["image"], 3))
+    assert got == {"done": 2, "failed": 0, "retrying": 0, "pending": 0, "total": 2}
+    assert not any("stage_status" in line.split("<-")[0] for line in full), full
