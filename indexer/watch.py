@@ -60,9 +60,12 @@ class WatchOptions:
     poll: bool = False
     poll_interval: float = 2.0
     batch_size: int = 32
-    # Saving rewrites the whole index file (200 MB at 100k x 512): done after a lull of
-    # this long, or this often while busy. Nothing is lost in between: on start the
-    # index is reconciled with the catalog, which holds every vector.
+    # Saving rewrites the whole index file (2 GB at 1M x 512, seconds to write): never
+    # after a batch, so it is never on the way of a file to search. Done once no event
+    # and no batch has come for this long (a lull), at stop, or, while files keep
+    # coming without a lull, when the index has waited this long (between batches).
+    # Nothing is lost in between: the catalog holds every vector and the index is
+    # reconciled with it on open.
     save_idle_seconds: float = 30.0
     save_max_seconds: float = 600.0
 
@@ -107,7 +110,8 @@ class Watcher:
         self.observer: BaseObserver | None = None
         self.mode = "inotify"
         self._dirty_since: float | None = None
-        self._last_save = time.monotonic()
+        self._last_activity = time.monotonic()  # last event seen or batch done
+        self.last_save_seconds: float | None = None  # how long the last save took
         self.totals = Report()
 
     # ---- events (observer thread) -------------------------------------------------------
@@ -127,6 +131,7 @@ class Watcher:
         return path.split(os.sep)
 
     def on_event(self, event: FileSystemEvent) -> None:
+        self._last_activity = time.monotonic()
         now = time.time()
         src = os.fsdecode(event.src_path)
         if isinstance(event, FileClosedEvent):
@@ -181,7 +186,9 @@ class Watcher:
             log.info("released %d jobs claimed by a previous run that did not finish", released)
         self.observer = self._start_observer()
         log.info("reconciling %s with the catalog ...", ", ".join(self.roots))
-        report = self.pipeline.run(self.roots)
+        report = self.pipeline.run(self.roots, save=False)  # saved by _save, when idle
+        if self.pipeline.changed:
+            self._dirty_since = time.monotonic()
         log.info("reconciled: %s", summary(report))
         return report
 
@@ -261,10 +268,11 @@ class Watcher:
         if index or dirs_gone:
             report = self.pipeline.run_files(index, removed_dirs=dirs_gone)
             self._count(report)
-            if report.new or report.changed or report.removed or report.moved:
+            if self.pipeline.changed:
                 self._dirty_since = self._dirty_since or time.monotonic()
             log.info("batch: %s", summary(report))
         self.queue.finish(done)
+        self._last_activity = time.monotonic()
         return True
 
     def _settled(self, job: Any, now: float) -> bool:
@@ -296,20 +304,21 @@ class Watcher:
                 self.queue.put(got.path, "index", now, got.size, got.mtime_ns, closed=True)
 
     def _save(self, force: bool = False) -> None:
+        """Save the vector indexes if changed and the time has come (see WatchOptions).
+        Called between batches only, when no job was due."""
         if self._dirty_since is None:
             return
         now = time.monotonic()
-        since = now - self._last_save
-        idle = self.queue.next_due() is None
-        if (
-            force
-            or (idle and since >= self.opts.save_idle_seconds)
-            or (since >= self.opts.save_max_seconds)
-        ):
-            # Saving rewrites the whole index file, so it waits for a lull; a crash before
-            # it loses nothing (the index is reconciled with the catalog on start).
+        lull = now - self._last_activity >= self.opts.save_idle_seconds
+        overdue = now - self._dirty_since >= self.opts.save_max_seconds
+        if force or (lull and self.queue.next_due() is None) or overdue:
+            # A crash before this loses nothing: the catalog committed every vector, and
+            # opening the index reconciles it with the catalog (adds what it lacks).
+            t0 = time.monotonic()
             self.pipeline.save_indexes()
-            self._dirty_since, self._last_save = None, now
+            self.last_save_seconds = time.monotonic() - t0
+            self._dirty_since = None
+            log.info("vector indexes saved in %.1f s", self.last_save_seconds)
 
     def _count(self, r: Report) -> None:
         t = self.totals

@@ -336,3 +336,43 @@ def test_a_complete_file_whose_writer_never_closes_it_is_taken_after_a_longer_wa
         )
         waited = time.monotonic() - start
     assert item and waited >= QUIET * UNCLOSED_FACTOR * 0.9
+
+
+def test_the_index_is_saved_after_a_lull_or_at_stop_never_right_after_a_batch(parts, tmp_path):
+    """Saving rewrites the whole index file (2 GB at a million vectors): a file landing
+    must never wait for it. Until the save, nothing is lost: a fresh open of the index
+    (another process's) holds every vector the catalog committed."""
+    from everlook.settings import Settings
+    from everlook.wiring import Parts
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    rules = ScanRules(parts.settings.include, [], False)
+    pipeline = parts.pipeline(rules, inline_stages=False)
+    opts = WatchOptions(quiet_seconds=0.0, save_idle_seconds=0.5, save_max_seconds=3600)
+    queue = JobQueue(parts.catalog.engine)
+    watcher = Watcher(pipeline, parts.catalog, queue, [str(lib)], rules, opts)
+    saves: list[float] = []
+    real_save = pipeline.save_indexes
+    pipeline.save_indexes = lambda: saves.append(time.monotonic()) or real_save()  # type: ignore[method-assign]
+    try:  # the jobs are queued here, as the observer would (not started: no stray events)
+        for i in range(3):
+            path = save(picture(40 + i), lib / f"p{i}.jpg")
+            st = path.stat()
+            queue.put(str(path), "index", time.time(), st.st_size, st.st_mtime_ns, closed=True)
+            assert watcher.step()  # one batch
+            assert not watcher.step()  # idle right after it: no lull yet
+        assert saves == []
+        assert Parts(Settings()).index.count() == 3  # nothing lost: rebuilt from the catalog
+        time.sleep(0.6)
+        assert not watcher.step()
+        assert len(saves) == 1, "saved once the lull came"
+        path = save(picture(50), lib / "late.jpg")
+        st = path.stat()
+        queue.put(str(path), "index", time.time(), st.st_size, st.st_mtime_ns, closed=True)
+        assert watcher.step()
+    finally:
+        watcher.close()
+    assert len(saves) == 2, "saved at stop"
+    reopened = Parts(Settings()).index
+    assert reopened.count() == 4 and not reopened.report.changed
