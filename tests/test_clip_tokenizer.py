@@ -119,6 +119,7 @@ def test_the_tokenizer_imports_neither_torch_nor_open_clip(tmp_path) -> None:
     assert out["ids"] == open_clip.tokenize(["a dog on a beach"])[0].tolist()
 
 
+@pytest.mark.slow
 def test_every_builtin_model_that_qualifies_gets_a_plain_simple_tokenizer_from_open_clip():
     import open_clip
     from open_clip.tokenizer import SimpleTokenizer
@@ -137,3 +138,41 @@ def test_every_builtin_model_that_qualifies_gets_a_plain_simple_tokenizer_from_o
         want = int(cfg.get("text_cfg", {}).get("context_length", 77))
         assert tok.context_length == want, name
     assert qualified >= 20  # ViT-B-32, ViT-L-14, RN50... (not the SigLIP or HF-text ones)
+
+
+def test_text_that_skips_ftfy_is_text_ftfy_and_unescaping_would_leave_alone() -> None:
+    """Plain ASCII queries skip ftfy's import (~0.09 s of a cold query): for every such
+    text, the cleaned text is open_clip's (ftfy may turn \\r into \\n; both are spaces)."""
+    import random
+    import string
+
+    from open_clip.tokenizer import _clean_lower
+
+    from search.embedders.clip_tokenizer import PLAIN
+
+    rng = random.Random(0)
+    alphabet = string.printable  # letters, digits, punctuation, whitespace
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(3000)]
+    texts += ["a dog", "don't", "<b>bold</b>", "50% off!", "C:\\path\\x", "a\r\nb"]
+    plain = [t for t in texts if PLAIN.fullmatch(t)]
+    assert len(plain) > 500
+    for text in texts:
+        assert ClipTokenizer.clean(text) == _clean_lower(text), repr(text)
+    for text in ["&amp;", "a &lt; b", "\x1b[31mred", "caf\u00e9", "\x00x", "x\x0b"]:
+        assert PLAIN.fullmatch(text) is None, repr(text)
+
+
+def test_the_tables_are_kept_in_the_cache_and_a_damaged_copy_is_rebuilt(tmp_path, monkeypatch):
+    import gzip
+
+    from search.embedders.clip_tokenizer import _tables, vocab_path
+
+    build = _tables.__wrapped__  # type: ignore[attr-defined]
+    built = build(vocab_path(), tmp_path)
+    (kept,) = tmp_path.glob("clip-bpe-*.marshal")
+    with monkeypatch.context() as mp:
+        mp.setattr(gzip, "decompress", lambda data: pytest.fail("rebuilt from the merges file"))
+        assert build(vocab_path(), tmp_path) == built
+    kept.write_bytes(kept.read_bytes()[:1000])
+    assert build(vocab_path(), tmp_path) == built
+    assert build(vocab_path(), None) == built

@@ -1,227 +1,66 @@
 """CLIP image/text embeddings through open_clip, the upstream reference implementation.
 
-Weights are found, in order:
-1. ``pretrained`` is a path to a checkpoint file: that file;
-2. ``$EVERLOOK_MODEL_DIR/open_clip/<model>/<pretrained>/`` holds a checkpoint: that file
-   (for offline machines; same bytes open_clip would download);
-3. ``pretrained`` is a tag open_clip knows: open_clip's own cache, downloading if online.
-Model configs beyond open_clip's built-ins are registered with ``add_model_config`` from
-``search/embedders/model_configs/`` and ``$EVERLOOK_MODEL_DIR/open_clip_configs/``.
+Where the weights come from and how the model is built: clip_weights.py. What runs the
+towers (``backend``): PyTorch, or on a CPU ONNX Runtime over towers exported from this
+same model and checked against it (clip_onnx.py, clip_export.py). A text query whose
+tower is exported already imports neither torch nor open_clip (clip_tokenizer.py).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+import logging
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from search.embedders import register
-from search.model_base import (
+from search.embedders.clip_weights import (  # noqa: F401  (the names callers import from here)
+    BUILTIN_CONFIGS,
     BUILTIN_MODELS,
+    load_model,
+    local_checkpoint,
+    read_model_config,
+    register_configs,
+    resolve_weights,
+)
+from search.model_base import (
+    IMPORT_LOCK,
     LazyModel,
     ModelUnavailable,
     Runtime,
     WeightsUnavailable,
+    pick_device,
 )
 
-BUILTIN_CONFIGS = Path(__file__).resolve().parent / "model_configs"
-CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+if TYPE_CHECKING:
+    from search.embedders.clip_onnx import OnnxClip
 
-
-@functools.cache
-def _register_config_dir(path: str) -> None:
-    import open_clip
-
-    if Path(path).is_dir() and any(Path(path).glob("*.json")):
-        open_clip.add_model_config(path)
-
-
-def register_configs(model_dir: Path | None) -> None:
-    _register_config_dir(str(BUILTIN_CONFIGS))
-    if model_dir is not None:
-        _register_config_dir(str(model_dir / "open_clip_configs"))
-
-
-def local_checkpoint(model_dir: Path | None, model_name: str, pretrained: str) -> Path | None:
-    """A checkpoint under EVERLOOK_MODEL_DIR, else among the weights Everlook ships."""
-    for root in (model_dir, BUILTIN_MODELS):
-        if root is None:
-            continue
-        folder = root / "open_clip" / model_name / pretrained
-        if not folder.is_dir():
-            continue
-        for name in CHECKPOINT_NAMES:
-            if (folder / name).is_file():
-                return folder / name
-        found = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
-        if found:
-            return found[0]
-    return None
-
-
-def _missing_weights_message(
-    model_name: str, pretrained: str, model_dir: Path | None, cause: BaseException | None
-) -> str:
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
-    hub = (cfg.get("hf_hub") or "").rstrip("/")
-    source = (
-        f"the file open_clip_model.safetensors of the Hugging Face repository '{hub}'"
-        if hub
-        else f"the checkpoint at {cfg['url']}"
-        if cfg.get("url")
-        else "its checkpoint file"
-    )
-    where = str(model_dir) if model_dir is not None else "DIR"
-    chosen = "" if model_dir is not None else " (DIR being a folder of your choice)"
-    because = f" ({type(cause).__name__}: {cause})" if cause else ""
-    return (
-        f"The weights of CLIP model {model_name!r} / {pretrained!r} are not on this machine "
-        f"and could not be downloaded{because}. On a machine with internet, the first run "
-        f"downloads them into open_clip's cache (~/.cache/huggingface/hub). To run offline, "
-        f"copy {source} to {where}/open_clip/{model_name}/{pretrained}/open_clip_model.safetensors"
-        f"{chosen} and set EVERLOOK_MODEL_DIR={where}; or set EVERLOOK_CLIP_PRETRAINED to the "
-        f"path of a checkpoint file."
-    )
-
-
-def resolve_weights(model_name: str, pretrained: str, model_dir: Path | None) -> str:
-    """Return what to pass as open_clip's ``pretrained``: a local file or a known tag."""
-    import open_clip
-
-    register_configs(model_dir)
-    if model_name not in open_clip.list_models():
-        some = ", ".join(open_clip.list_models()[:12])
-        raise ModelUnavailable(f"unknown open_clip model {model_name!r}; known: {some}...")
-    if Path(pretrained).expanduser().is_file():
-        return str(Path(pretrained).expanduser())
-    local = local_checkpoint(model_dir, model_name, pretrained)
-    if local is not None:
-        return str(local)
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-    if not cfg:
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-        raise WeightsUnavailable(
-            f"{pretrained!r} is neither a checkpoint file nor a pretrained tag open_clip knows "
-            f"for {model_name!r} (known: {tags}). "
-            + _missing_weights_message(model_name, pretrained, model_dir, None)
-        )
-    cached = _hf_cached(cfg)
-    if cached is not None:
-        return cached
-    why = _offline_reason()
-    if why is not None:
-        # Fail now with the useful message, instead of after huggingface_hub's retries
-        # (about a minute of back-off per file on a machine without network).
-        raise WeightsUnavailable(
-            _missing_weights_message(model_name, pretrained, model_dir, ConnectionError(why))
-        )
-    return pretrained  # open_clip downloads it into its cache
-
-
-def _hf_cached(cfg: dict[str, Any]) -> str | None:
-    """The checkpoint from huggingface_hub's cache, if an earlier run downloaded it."""
-    hub = (cfg.get("hf_hub") or "").rstrip("/")
-    if not hub:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    repo, _, fname = (
-        cfg["hf_hub"].rpartition("/") if not cfg["hf_hub"].endswith("/") else (hub, "", "")
-    )
-    names = [fname] if fname else list(CHECKPOINT_NAMES)
-    for name in names:
-        got = try_to_load_from_cache(repo or hub, name)
-        if isinstance(got, str) and Path(got).is_file():
-            return got
-    return None
-
-
-def _offline_reason() -> str | None:
-    import socket
-    from urllib.parse import urlparse
-
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return None
-    if constants.is_offline_mode():
-        return "HF_HUB_OFFLINE is set"
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError as exc:
-        return f"cannot resolve {host}: {exc}"
-    return None
-
-
-@functools.cache
-def _load(
-    model_name: str, weights: str, tag: str, model_dir: str | None, device: str
-) -> tuple[Any, Any, Any]:
-    """Build model, eval transform and tokenizer once per process and arguments."""
-    import open_clip
-
-    extra: dict[str, Any] = {}
-    tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
-    if tag_cfg and weights != tag:
-        # A local copy of a tagged checkpoint (EVERLOOK_MODEL_DIR or the HF cache) must be
-        # preprocessed and run exactly as open_clip does for the tag itself.
-        for key in ("mean", "std", "interpolation", "resize_mode"):
-            if key in tag_cfg:
-                extra[f"image_{key}"] = tag_cfg[key]
-        extra["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=weights, device=device, **extra
-        )
-    except Exception as exc:
-        if Path(weights).is_file():
-            raise
-        md = Path(model_dir) if model_dir else None
-        raise WeightsUnavailable(_missing_weights_message(model_name, tag, md, exc)) from exc
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(model_name)
-    return model, preprocess, tokenizer
-
-
-def read_model_config(model_name: str, model_dir: Path | None) -> dict[str, Any]:
-    """The model's open_clip config JSON, read without importing open_clip or torch.
-
-    Importing torch costs about 500 MB of resident memory (CUDA builds), so parts that
-    only need the dimension or input size (opening an index, a watcher with nothing new
-    to embed) must not pay it.
-    """
-    import importlib.util
-    import json
-
-    folders = [BUILTIN_CONFIGS]
-    if model_dir is not None:
-        folders.append(model_dir / "open_clip_configs")
-    spec = importlib.util.find_spec("open_clip")
-    if spec is not None and spec.submodule_search_locations:
-        folders.append(Path(next(iter(spec.submodule_search_locations))) / "model_configs")
-    for folder in folders:
-        path = folder / f"{model_name}.json"
-        if path.is_file():
-            data: dict[str, Any] = json.loads(path.read_text())
-            return data
-    return {}
-
-
+log = logging.getLogger(__name__)
 Parts = tuple[Any, Any, Any]  # model, eval transform, tokenizer
+BACKENDS = ("auto", "torch", "onnx")
+QUANTIZE = ("none", "int8")
+RECENT_QUERIES = 256  # text vectors kept per embedder: a search page asks the same again
+QUERY_BATCH = 8  # larger batches are prompt banks (labels, styles), not worth keeping
+T = TypeVar("T")
 
 
 class OpenClipEmbedder(LazyModel[Parts]):
-    """open_clip model behind the Embedder protocol. Loads on first use (LazyModel)."""
+    """open_clip model behind the Embedder protocol. Loads on first use (LazyModel).
+
+    ``backend``: "torch"; "onnx" (ONNX Runtime on the CPU); "auto": ONNX Runtime when no
+    GPU is there, onnxruntime is installed and the exported towers pass the parity check,
+    else torch. ``quantize="int8"`` runs dynamically quantised towers: other vectors, so
+    another model id. ``cache_dir`` is Everlook's models cache (Settings.models_cache),
+    where exported towers are kept; without it "auto" means torch. ``threads``: ONNX
+    Runtime's (default: every core). ``prepack_text=False`` opens the text tower faster
+    and runs it slower: for a process that answers one query (see clip_onnx.session).
+    """
 
     space = "clip"
     modalities = frozenset({"image", "text"})
@@ -234,25 +73,54 @@ class OpenClipEmbedder(LazyModel[Parts]):
         model_dir: Path | None = None,
         device: str = "auto",
         runtime: Runtime | None = None,
+        backend: str = "auto",
+        quantize: str = "none",
+        cache_dir: Path | None = None,
+        threads: int | None = None,
+        prepack_text: bool = True,
     ) -> None:
-        super().__init__(model_name, model_dir=model_dir, device=device, runtime=runtime)
+        if backend not in BACKENDS or quantize not in QUANTIZE:
+            raise ValueError(f"backend must be one of {BACKENDS}, quantize one of {QUANTIZE}")
+        if quantize != "none" and backend == "torch":
+            raise ValueError("int8 towers run on ONNX Runtime: backend 'torch' cannot run them")
+        if cache_dir is None and (backend == "onnx" or quantize != "none"):
+            raise ValueError("the ONNX backend needs cache_dir (where exported towers are kept)")
+        family_cache = cache_dir / self.family if cache_dir is not None else None
+        super().__init__(
+            model_name, model_dir=model_dir, cache_dir=family_cache, device=device, runtime=runtime
+        )
         self.model_name = model_name
         self.pretrained = pretrained
+        self.backend = backend
+        self.quantize = quantize
+        self.models_cache = cache_dir
+        self.threads = threads
+        self.prepack_text = prepack_text
         self._cfg: dict[str, Any] | None = None
+        self._onnx_state: OnnxClip | bool | None = None  # None: not decided; False: torch
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @property
-    def model_id(self) -> str:
+    def base_model_id(self) -> str:
         # Provenance: a file given directly is named by its file name; a tag by the tag,
         # whether its bytes came from the cache or from EVERLOOK_MODEL_DIR.
         p = Path(self.pretrained).expanduser()
         tag = f"file:{p.name}" if p.is_file() else self.pretrained
         return f"open_clip/{self.model_name}/{tag}"
 
+    @property
+    def model_id(self) -> str:
+        # fp32 ONNX towers are the same model (cosine >= 0.9999 with open_clip, checked);
+        # int8 ones give other vectors, so a switch re-embeds the library.
+        suffix = "+onnx-int8" if self.quantize == "int8" else ""
+        return self.base_model_id + suffix
+
     def _load(self) -> Parts:
         weights = resolve_weights(self.model_name, self.pretrained, self.model_dir)
         md = str(self.model_dir) if self.model_dir else None
         # Shared per process and arguments: several embedders of one model load it once.
-        return _load(self.model_name, weights, self.pretrained, md, self.device)
+        return load_model(self.model_name, weights, self.pretrained, md, self.device)
 
     def _predict(self, model: Parts, inputs: Any) -> Any:
         x = inputs.to(self.device)
@@ -290,21 +158,169 @@ class OpenClipEmbedder(LazyModel[Parts]):
             size = self.model.visual.image_size
         return int(min(size) if isinstance(size, tuple | list) else size)
 
+    # ---- what runs the towers -----------------------------------------------------------
+    def _onnx(self) -> OnnxClip | None:
+        """The ONNX side when the backend is (or "auto" resolves to) ONNX Runtime."""
+        state = self._onnx_state
+        if state is None:
+            with IMPORT_LOCK:  # the lock every load takes first (see model_base)
+                if self._onnx_state is None:
+                    self._onnx_state = self._choose() or False
+                state = self._onnx_state
+        return state or None  # type: ignore[return-value]
+
+    def _choose(self) -> OnnxClip | None:
+        from search.embedders import clip_cache, clip_onnx
+
+        if self.backend == "torch" or self.models_cache is None:
+            return None
+        version = clip_cache.runtime_version()
+        if version is None:
+            if self.backend == "onnx" or self.quantize != "none":
+                raise ModelUnavailable("the ONNX backend needs onnxruntime (pip install it)")
+            return None
+        if self.backend == "auto" and self.quantize == "none" and self._on_gpu():
+            return None
+        folder = clip_cache.cache_folder(self.models_cache, self.base_model_id, version)
+        return clip_onnx.OnnxClip(
+            folder, quantize=self.quantize, tokenize=self._tokens, export=self._export,
+            weights=self._weights_stamp, threads=self.threads, prepack_text=self.prepack_text,
+        )  # fmt: skip
+
+    def _on_gpu(self) -> bool:
+        requested = self.runtime.device
+        if requested != "auto":
+            return requested.startswith("cuda")
+        # Asking torch costs ~1.6 s and ~600 MB: only where a GPU driver is there at all.
+        if sys.platform == "darwin" or (
+            sys.platform.startswith("linux")
+            and not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd"))
+        ):
+            return False
+        return pick_device("auto").startswith("cuda")
+
+    def _via_onnx(self, run: Callable[[OnnxClip], T | None]) -> T | None:
+        """run on the ONNX side, or None for torch. With backend "auto" an ONNX failure
+        (an export that crashes, a runtime that cannot load it) is logged once and torch
+        takes over; asked for explicitly (or int8), it is an error."""
+        onnx = self._onnx()
+        if onnx is None:
+            return None
+        try:
+            return run(onnx)
+        except WeightsUnavailable:
+            raise  # no weights to export from: torch has none either
+        except Exception as exc:
+            if self.backend == "onnx" or self.quantize != "none":
+                raise
+            log.warning(
+                "ONNX Runtime cannot run %s (%s: %s); PyTorch runs it instead",
+                self.model_id, type(exc).__name__, exc,
+            )  # fmt: skip
+            self._onnx_state = False
+            return None
+
+    def _tokens(self, texts: Sequence[str]) -> np.ndarray:
+        from search.embedders.clip_tokenizer import tokenizer, uses_default_tokenizer
+
+        cfg = self._config()
+        if uses_default_tokenizer(self.model_name, cfg):
+            ctx = int(cfg.get("text_cfg", {}).get("context_length", 77))
+            cache = self.models_cache / "onnx" if self.models_cache is not None else None
+            return tokenizer(ctx, cache)(texts)
+        return np.asarray(self.load()[2](list(texts)).numpy(), dtype=np.int64)
+
+    def _weights_stamp(self) -> dict[str, Any] | None:
+        """The checkpoint file, found without open_clip where Everlook finds it first."""
+        from search.embedders.clip_cache import weights_stamp
+
+        p = Path(self.pretrained).expanduser()
+        return weights_stamp(p if p.is_file() else local_checkpoint(
+            self.model_dir, self.model_name, self.pretrained))  # fmt: skip
+
+    def _export(self, tower: str) -> None:
+        """The torch side: the model through the normal weights path, one tower out."""
+        from search.embedders.clip_cache import Artifact
+        from search.embedders.clip_export import export_tower
+
+        model, _, tokenize = self.load()
+        onnx = self._onnx()
+        assert onnx is not None
+        # With the model loaded to index pictures, the text tower comes too (seconds):
+        # the first query after indexing then needs no torch. Not the other way round:
+        # a query waits for what it exports.
+        for name in (tower, "text") if tower == "image" else (tower,):
+            art = Artifact(onnx.folder, name)
+            if name == tower or art.valid(self._weights_stamp()) is None:
+                export_tower(
+                    model, art, model_id=self.base_model_id, weights=self._weights_stamp(),
+                    tokenize=tokenize, threads=self.threads,
+                )  # fmt: skip
+
+    def text_ready(self) -> bool:
+        """Whether embed_texts would run now without torch: the ONNX backend, open_clip's
+        default tokenizer, and a text tower already exported, passing and of this weights."""
+        from search.embedders.clip_cache import Artifact
+        from search.embedders.clip_tokenizer import uses_default_tokenizer
+
+        onnx = self._via_onnx(lambda o: o)
+        if onnx is None or not uses_default_tokenizer(self.model_name, self._config()):
+            return False
+        fp32 = Artifact(onnx.folder, "text").valid(self._weights_stamp())
+        if fp32 is None or fp32.get("status") != "ok":
+            return False
+        if self.quantize == "none":
+            return True
+        int8 = Artifact(onnx.folder, "text", self.quantize).valid(self._weights_stamp())
+        return int8 is not None and int8.get("from") == fp32.get("export_id")
+
+    # ---- embedding ----------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> Any:
-        return self.transform(image)
+        prep = self._via_onnx(lambda o: o.picture_prep())
+        return prep(image) if prep is not None else self.transform(image)
 
     def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
+        # numpy arrays (ONNX preprocessing) and torch tensors (open_clip's) both go to
+        # either runtime.
+        out = self._via_onnx(
+            lambda o: o.embed_pixels(np.stack([np.asarray(b, dtype=np.float32) for b in batch]))
+        )
+        if out is not None:
+            return out
         import torch
 
-        feats = self.predict(torch.stack(list(batch)))
+        feats = self.predict(torch.stack([torch.as_tensor(b) for b in batch]))
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.embed_preprocessed([self.preprocess(im) for im in images])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of texts; recent queries answer from memory."""
+        texts = list(texts)
+        if not texts or len(texts) > QUERY_BATCH:
+            return self._embed_texts(texts)
+        with self._recent_lock:
+            found = {t: self._recent[t] for t in texts if t in self._recent}
+            for t in found:
+                self._recent.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            fresh = self._embed_texts(missing)
+            found.update(zip(missing, fresh, strict=True))
+            with self._recent_lock:
+                for t, v in zip(missing, fresh, strict=True):
+                    self._recent[t] = v
+                while len(self._recent) > RECENT_QUERIES:
+                    self._recent.popitem(last=False)
+        return np.stack([found[t] for t in texts]).astype(np.float32, copy=True)
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        out = self._via_onnx(lambda o: o.embed_texts(texts))
+        if out is not None:
+            return out
         model, _, tokenizer = self.load()
-        tokens = tokenizer(list(texts)).to(self.device)
+        tokens = tokenizer(texts).to(self.device)
         with self.runtime.inference():
             feats = encode_text_trimmed(model, tokens)
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
