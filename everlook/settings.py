@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,16 @@ class Settings(BaseSettings):
         description="open_clip pretrained tag, or a path to a checkpoint file.",
     )
     device: str = Field(default="auto", description="torch device: auto, cpu, cuda, cuda:1...")
+    clip_backend: Literal["auto", "torch", "onnx"] = Field(
+        default="auto",
+        description="What runs CLIP: auto (ONNX Runtime on a CPU when its export matches "
+        "open_clip, PyTorch on a GPU), torch, or onnx.",
+    )
+    clip_quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description="int8: dynamically quantised ONNX towers (faster on a CPU, other vectors: "
+        "the library is embedded again).",
+    )
     batch_size: int = Field(default=32, ge=1, le=4096, description="Images per model batch.")
     decode_workers: int = Field(
         default=0, ge=0, le=64, description="Decoding threads; 0 = one per CPU core."

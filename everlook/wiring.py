@@ -61,14 +61,23 @@ class Parts:
         can be built again after the settings move on to another)."""
         s = self.settings
         if space == "clip":
-            return {"model_name": s.clip_model, "pretrained": s.clip_pretrained}
+            # quantize changes the vectors (and the model id), so it is stored with the model.
+            return {
+                "model_name": s.clip_model,
+                "pretrained": s.clip_pretrained,
+                "quantize": s.clip_quantize,
+            }
         if space == "imagebind":
             return {"model_name": s.imagebind_model, "audio_clips": s.audio_clips}
         raise ValueError(f"unknown space {space!r}")
 
     def build_embedder(self, space: str, args: dict[str, Any]) -> Embedder:
         s = self.settings
-        extra = {"cache_dir": s.models_cache / "imagebind"} if space == "imagebind" else {}
+        extra: dict[str, Any] = {}
+        if space == "imagebind":
+            extra = {"cache_dir": s.models_cache / "imagebind"}
+        elif space == "clip":  # what runs it, not what it computes: not stored
+            extra = {"cache_dir": s.models_cache, "backend": s.clip_backend}
         return embedders.create(space, **args, model_dir=s.model_dir, device=s.device, **extra)
 
     @property
