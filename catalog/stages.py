@@ -108,8 +108,9 @@ class StageBook:
         """Item ids (ascending, > after) this stage still has to do; with ``embedded``
         (space, model id), only items that have that embedding.
 
-        Looks only above the highest id an earlier empty look covered (O(new items)
-        once caught up, where each look would otherwise probe every item)."""
+        Looks only above the mark earlier looks left: the id before the first pending
+        item they found, or the highest id when they found none (O(new items) once
+        caught up, where each look would otherwise probe every item)."""
         kinds = sorted(set(kinds))
         question: _Question = (stage, model_id, tuple(kinds), max_attempts, embedded)
         with self._memo_lock:
@@ -133,10 +134,11 @@ class StageBook:
                     )
                 )  # fmt: skip
             ids = list(s.scalars(stmt))
-        if not ids and after <= settled_to:  # the look covered everything above the mark
+        if after <= settled_to:  # the look started at the mark: all before its first find
+            mark = ids[0] - 1 if ids else top  # is settled (everything, when it found none)
             with self._memo_lock:
-                if generation == self._generation:
-                    self._settled_to[question] = top
+                if generation == self._generation and mark > settled_to:
+                    self._settled_to[question] = mark
         return ids
 
     def settled(

@@ -131,7 +131,8 @@ def test_a_stage_caught_up_looks_only_at_items_added_since(parts, tmp_path: Path
     with statements(parts.catalog.engine) as seen:
         assert pending() == []
     looks = [p for sql, p in seen if "stage_status" in sql]
-    assert len(looks) == 1 and top in tuple(looks[0]), "the look starts above the mark"
+    bound = next(p for p in looks[0] if type(p) is int)  # items.id > ?, the first int bound
+    assert len(looks) == 1 and bound == top, "the look starts above the mark"
 
     save(picture(77), lib / "later.jpg", quality=90)
     pipeline.run_files([str(lib / "later.jpg")])
@@ -183,3 +184,24 @@ def test_progress_leaves_out_rows_of_items_of_kinds_the_stage_does_not_take(part
     got, full = watched(parts, lambda: cat.stages.progress("style", "m1", ["image"], 3))
     assert got == {"done": 2, "failed": 0, "retrying": 0, "pending": 0, "total": 2}
     assert not any("stage_status" in line.split("<-")[0] for line in full), full
+
+
+def test_a_look_that_finds_work_marks_everything_before_it_as_settled(parts, tmp_path: Path):
+    """The watcher adds an item, then a look finds it: the next look starts right below
+    it, not at the first item again (the look that finds nothing at all never comes
+    between two new files of a busy watcher)."""
+    from catalog.stages import StageBook
+
+    lib = tmp_path / "lib"
+    make_library(lib, 6)
+    parts.pipeline().run([str(lib)])
+    ids = sorted(parts.catalog.embedding_ids("clip", parts.embedder.model_id))
+    book = StageBook(parts.catalog.Session)  # a new process's: no mark yet
+    book.save("style", "m1", {i: StageOutput() for i in ids[:-1]}, {})
+    assert book.pending("style", "m1", ["image"], 3, limit=10) == [ids[-1]]
+    with statements(parts.catalog.engine) as seen:
+        assert book.pending("style", "m1", ["image"], 3, limit=10, after=ids[-1]) == []
+        assert book.pending("style", "m1", ["image"], 3, limit=10) == [ids[-1]]
+    looks = [p for sql, p in seen if "stage_status" in sql]
+    bound = next(p for p in looks[1] if type(p) is int)  # items.id > ?, the first int bound
+    assert bound == ids[-1] - 1, "the look from the start begins at the mark"
