@@ -82,9 +82,22 @@ def only_these_settings(mp: pytest.MonkeyPatch, values: dict[str, str]) -> None:
         mp.setenv(k, v)
 
 
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of exported ONNX towers for the whole session: each test has a home of
+    its own, and exporting the tiny model's towers again in each (5-15 s) would cost
+    more than most tests. The cache is keyed by model id and weights, as a user's is."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
 @pytest.fixture
-def env(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Settings for one test: its own data dir, the tiny model. Returns the env vars."""
+def env(
+    model_dir: Path, onnx_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Settings for one test: its own data dir, the tiny model (run as by default: ONNX
+    Runtime on the CPU, from the session's shared export). Returns the env vars."""
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    (tmp_path / "home" / "models" / "onnx").symlink_to(onnx_cache, target_is_directory=True)
     values = {
         "EVERLOOK_HOME": str(tmp_path / "home"),
         "EVERLOOK_MODEL_DIR": str(model_dir),
