@@ -113,3 +113,50 @@ def _detections(rng: np.random.Generator, item_id: int) -> list[dict[str, Any]]:
             "x0": float(x0), "y0": float(y0), "x1": float(x0 + w), "y1": float(y0 + h),
         })  # fmt: skip
     return out
+
+
+def add_done_stage_rows(url: str, stage: str, model_id: str) -> None:
+    """Give every embedded item of model_id a done row of stage, as the pipeline writes
+    with each embedding: a filled catalog's stats and stage queries then meet the rows
+    a real one has. One INSERT ... SELECT."""
+    from sqlalchemy import text
+
+    from catalog import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT OR IGNORE INTO stage_status (item_id, stage, status, attempts, model_id,"
+                " updated_at) SELECT item_id, :stage, 'done', 1, model_id, created_at"
+                " FROM embeddings WHERE model_id = :model"
+            ),
+            {"stage": stage, "model": model_id},
+        )
+    engine.dispose()
+
+
+def cached_catalog(folder: Path, n: int, model_id: str) -> Path:
+    """A SQLite catalog of n synthetic items (fill_catalog, plus their embed/clip rows)
+    kept in folder between runs: built once (minutes at a million), under a temporary
+    name renamed when complete, so an interrupted build is never taken for a finished one.
+    Whoever adds items to it takes them out again (done stage rows may stay)."""
+    slug = model_id.replace("/", "_").replace(":", "_")
+    dest = folder / f"catalog-{n}-{slug}.sqlite"
+    if dest.is_file():
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".building")
+    for leftover in folder.glob(tmp.name + "*"):
+        leftover.unlink()
+    fill_catalog(f"sqlite:///{tmp}", n, model_id)
+    add_done_stage_rows(f"sqlite:///{tmp}", "embed/clip", model_id)
+    import sqlite3
+
+    # Fold the WAL in: one self-contained file. No ANALYZE: Everlook never runs it, so
+    # the planner must find the same plans here as on a user's catalog.
+    conn = sqlite3.connect(tmp)
+    conn.execute("PRAGMA journal_mode=DELETE")  # checkpoints, then drops -wal and -shm
+    conn.close()
+    tmp.rename(dest)
+    return dest
