@@ -14,10 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import text as text_sql
 from sqlalchemy.orm import Session
 
 from catalog.models import DetectionRow, FilePath, Item, LabelRow, SegmentRow
-from catalog.words import phrase
+from catalog.words import VOCABULARY, phrase
 
 
 @dataclass
@@ -137,7 +138,7 @@ def labelled_in(s: Session, text: str, kind: str) -> dict[int, float]:
     (case-insensitive): item id -> the best such label's score. The vocabulary is small
     (the labels in use, at most ImageNet's 1,000), so it is matched in Python."""
     words = phrase(text)
-    vocab = s.scalars(select(LabelRow.label).where(LabelRow.kind == kind).distinct())
+    vocab = s.scalars(text_sql(VOCABULARY), {"kind": kind})
     named = [v for v in vocab if phrase(v) in words]
     if not named:
         return {}

@@ -23,6 +23,7 @@ def test_the_lite_reader_answers_as_the_catalog_does_on_an_enriched_library(demo
         assert lite.embeddings_mark("clip", active.model_id) == full.embeddings_mark(
             "clip", active.model_id
         )
+        assert lite.embeddings_table_mark() == full.embeddings_table_mark()
         ids = sorted(full.embedding_ids("clip", active.model_id))
         assert len(ids) > 20
         enriched = full.stages.enrichment(ids)
@@ -76,3 +77,39 @@ def test_the_lite_reader_cannot_write_to_the_catalog(tmp_path: Path):
     with pytest.raises(sqlite3.OperationalError):  # and never creates a missing file
         LiteCatalog(tmp_path / "absent.db")
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_the_label_vocabulary_is_read_by_index_seeks_not_by_reading_every_label(tmp_path: Path):
+    import random
+
+    import migrations
+    from catalog.words import VOCABULARY
+
+    db = tmp_path / "catalog.db"
+    migrations.ensure_head(make_engine(f"sqlite:///{db}"))
+    rng = random.Random(0)
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO items (id, sha256, kind, size_bytes, created_at) "
+            "VALUES (?, ?, 'image', 1, '2026-01-01 00:00:00')",
+            [(i, f"{i:064x}") for i in range(1, 401)],
+        )
+        conn.executemany(
+            "INSERT INTO labels (item_id, stage, model_id, kind, label, score, rank) "
+            "VALUES (?, 'labels', 'm', ?, ?, ?, ?)",
+            [(i, kind, f"{kind} label {rng.randrange(37)}", rng.random(), r)
+             for i in range(1, 401) for kind in ("imagenet", "style") for r in range(5)],
+        )  # fmt: skip
+        plan = " ".join(
+            str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + VOCABULARY, {"kind": "x"})
+        )
+        for kind in ("imagenet", "style", "none"):
+            seeks = [r[0] for r in conn.execute(VOCABULARY, {"kind": kind})]
+            distinct = "SELECT DISTINCT label FROM labels WHERE kind = ? ORDER BY label"
+            every = [r[0] for r in conn.execute(distinct, (kind,))]
+            assert seeks == every
+    assert "SCAN labels" not in plan and "USING COVERING INDEX ix_labels_kind_label" in plan
+    with LiteCatalog(db) as lite:
+        full = Catalog(make_engine(f"sqlite:///{db}"))
+        text = "a photo of imagenet label 3 and style label 12"
+        assert lite.items_labelled_in(text) == full.items_labelled_in(text) != {}
