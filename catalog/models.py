@@ -64,6 +64,7 @@ class StageState(enum.StrEnum):
 
 class Item(Base):
     __tablename__ = "items"
+    __table_args__ = (Index("ix_items_taken_at", "taken_at"),)  # migration 0007
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -141,6 +142,8 @@ class StageStatus(Base):
     """One row per (item, stage): where that item stands in that stage of the pipeline."""
 
     __tablename__ = "stage_status"
+    # A stage's progress counted from an index (migration 0007), not from every row.
+    __table_args__ = (Index("ix_stage_status_progress", "stage", "model_id", "status", "attempts"),)
 
     item_id: Mapped[int] = mapped_column(
         ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
