@@ -389,3 +389,21 @@ def test_gpu_mirror_follows_adds_and_removals_and_leaves_filters_to_the_cpu() ->
     assert got is not None and int(got[1][0, 0]) == 7
     sel = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array([1001], np.int64)))  # type: ignore[call-arg]
     assert mirror.search(q, 1, params=sel) is None
+
+
+@needs_cuda
+def test_the_clip_embedder_on_cuda_runs_fp16_and_agrees_with_the_cpu(demo: Any) -> None:
+    import torch
+
+    from search.embedders.clip import OpenClipEmbedder
+    from tests.helpers import picture
+
+    gpu = OpenClipEmbedder("everlook-demo", "v1", device="cuda", backend="auto")
+    pictures = [picture(i, (120 + 10 * i, 90)) for i in range(6)]
+    got = gpu.embed_images(pictures)
+    want = demo.embed_images(pictures)
+    assert next(gpu.model.parameters()).dtype == torch.float16  # the demo model passes
+    assert float(np.min(np.sum(got * want, axis=1))) >= MIN_EMBED_COSINE
+    texts = ["a red circle", "a blue square on green"]
+    agree = np.sum(gpu.embed_texts(texts) * demo.embed_texts(texts), axis=1)
+    assert float(agree.min()) >= MIN_EMBED_COSINE
