@@ -221,3 +221,45 @@ def _preprocess(img: torch.Tensor, side: int, interpolation: str) -> torch.Tenso
     img = F.resize(img, [side], interpolation=mode, antialias=True)
     img = F.center_crop(img, [side, side])
     return img.float().div_(255.0)
+
+
+# ---- the pipeline's GPU route ------------------------------------------------------------
+def route(embedder: Any, needs_pictures: bool) -> EvalTransform | None:
+    """How the pipeline's JPEGs are decoded on the GPU, or None for the CPU path: only
+    when the settings put the model on CUDA (EVERLOOK_DEVICE=cuda; "auto" keeps the CPU
+    decoders rather than load torch to ask) and no inline stage needs the decoded
+    pictures themselves."""
+    if needs_pictures or not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+        return None
+    transform = getattr(embedder, "transform", None)  # loads the torch model: it runs here
+    return eval_transform(transform) if transform is not None else None
+
+
+def take(raw: Any, limits: Any) -> tuple[Any, tuple[int, int], dict[str, Any]] | None:
+    """What the pool records for a JPEG the GPU will decode with its batch: (format,
+    oriented (width, height), EXIF), from the header alone; None when the CPU path must
+    decode it (see gpu_decodable)."""
+    from indexer.media import open_image, read_exif
+
+    orientation, why = gpu_decodable(raw.data, limits.max_pixels)
+    if why is not None:
+        return None
+    head = open_image(raw.data, limits)
+    w, h = head.size if orientation < 5 else head.size[::-1]
+    return head.format or "JPEG", (w, h), read_exif(head)
+
+
+def pixels_for(
+    jpegs: Sequence[bytes], prep: EvalTransform, device: str, limits: Any,
+    fallback: Any,
+) -> list[Any]:  # fmt: skip
+    """The batch's model inputs on the device, in order; for a JPEG nvJPEG turned away,
+    fallback(data) (the CPU decoder and preprocessing), whose MediaError the caller
+    records for that file alone."""
+    got = decode_preprocess_batch(list(jpegs), prep.side, prep.mean, prep.std,
+                                  prep.interpolation, device=device,
+                                  max_pixels=limits.max_pixels)  # fmt: skip
+    out: list[Any] = []
+    for data, row, why in zip(jpegs, got.pixels, got.errors, strict=True):
+        out.append(row if why is None else fallback(data))
+    return out

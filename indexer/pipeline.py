@@ -64,6 +64,7 @@ class PipelineOptions:
     workers: int = 0  # 0: one per CPU core
     draft: bool = True
     save_every: int = 2000
+    gpu_decode: bool = True  # nvJPEG when the model runs on CUDA (indexer.gpu_decode.route)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class _Prepared:
     item: NewItem | None = None
     error: str | None = None
     attach: bool = False  # content already embedded: only record the path
+    jpeg: bytes | None = None  # decoded on the GPU with its batch (indexer.gpu_decode)
 
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
@@ -108,6 +110,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._embedded: set[int] = set()
         self._changed = False  # this run added to or removed from a vector index
+        self._gpu: Any = None  # gpu_decode.EvalTransform when nvJPEG decodes the batches
 
     # ---- workers -------------------------------------------------------------------
     def _prepare(self, found: Found, draft_side: int | None) -> _Prepared:
@@ -127,6 +130,8 @@ class Pipeline:
                 return out
             if sniff_audio(raw.data[:64]):
                 return self._prepare_audio(out, raw, found)
+            if self._gpu is not None and self._take_jpeg(out, raw, found):
+                return out
             decoded = decode_image(raw.data, self.opts.limits, draft_side)
             out.tensor = self.embedder.preprocess(decoded.image)
             if self.inline_stages and self.stages is not None and self.stages.image_side:
@@ -302,7 +307,8 @@ class Pipeline:
         def flush() -> None:
             nonlocal added_since_save
             if batch:
-                self._embed_pictures(batch)
+                self._embed_pictures(batch, failures, report)
+                batch[:] = [p for p in batch if p.item is not None]
                 ids = self._store(batch, failures, report)
                 batch[:] = [p for p in batch if p.sha256 in ids]
                 pictures = [p.item for p in batch if p.item is not None and p.item.vector]
@@ -335,6 +341,11 @@ class Pipeline:
         # The index opens (and is reconciled with the catalog) before this run writes to
         # the catalog; a run with nothing to embed never loads it.
         _ = self.index.store
+        if self.opts.gpu_decode:
+            from indexer import gpu_decode
+
+            needs = bool(self.inline_stages and self.stages is not None and self.stages.image_side)
+            self._gpu = gpu_decode.route(self.embedder, needs)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             pending: deque[Future[_Prepared]] = deque()
             it = iter(todo)
@@ -362,8 +373,47 @@ class Pipeline:
                     progress(done, len(todo))
             flush()
 
-    def _embed_pictures(self, batch: list[_Prepared]) -> None:
-        pictures = [p for p in batch if p.tensor is not None]
+    def _take_jpeg(self, out: _Prepared, raw: RawFile, found: Found) -> bool:
+        from indexer.gpu_decode import take
+
+        head = take(raw, self.opts.limits)
+        if head is None:
+            return False
+        (fmt, (w, h), meta), out.jpeg = head, raw.data
+        out.item = NewItem(
+            sha256=raw.sha256, kind="image", size_bytes=raw.size, path=found.path,
+            mtime_ns=raw.mtime_ns, format=fmt, width=w, height=h, meta=meta,
+            space=self.embedder.space, model_id=self.embedder.model_id, dim=self.embedder.dim,
+        )  # fmt: skip
+        return True
+
+    def _embed_pictures(
+        self, batch: list[_Prepared], failures: list[tuple[str, str]], report: Report
+    ) -> None:
+        jpegs = [p for p in batch if p.jpeg is not None]
+        if jpegs:  # nvJPEG, the whole batch at once; what it turns away, the CPU decoders
+            from indexer.gpu_decode import pixels_for
+
+            device = str(getattr(self.embedder, "device", "cpu"))
+
+            def on_cpu(data: bytes) -> Any:
+                try:
+                    img = decode_image(data, self.opts.limits, None).image
+                    return self.embedder.preprocess(img).to(device)
+                except MediaError as exc:
+                    return exc
+
+            rows = pixels_for([p.jpeg for p in jpegs if p.jpeg], self._gpu, device,
+                              self.opts.limits, on_cpu)  # fmt: skip
+            for p, row in zip(jpegs, rows, strict=True):
+                p.jpeg = None
+                if isinstance(row, MediaError):
+                    p.item = None
+                    report.failed.append((p.found.path, str(row)))
+                    failures.append((p.found.path, str(row)))
+                else:
+                    p.tensor = row
+        pictures = [p for p in batch if p.tensor is not None and p.item is not None]
         if pictures:
             vecs = self.embedder.embed_preprocessed([p.tensor for p in pictures])
             for p, v in zip(pictures, vecs, strict=True):

@@ -407,3 +407,46 @@ def test_the_clip_embedder_on_cuda_runs_fp16_and_agrees_with_the_cpu(demo: Any) 
     texts = ["a red circle", "a blue square on green"]
     agree = np.sum(gpu.embed_texts(texts) * demo.embed_texts(texts), axis=1)
     assert float(agree.min()) >= MIN_EMBED_COSINE
+
+
+def test_the_pipeline_decodes_on_the_gpu_only_when_the_model_runs_on_cuda(demo: Any) -> None:
+    from indexer.gpu_decode import route
+
+    assert route(demo, needs_pictures=False) is None  # a CPU model: the CPU decoders
+
+    class OnCuda:
+        device = "cuda:0"
+        transform = demo.transform
+
+    assert route(OnCuda(), needs_pictures=True) is None  # inline stages need the pictures
+    got = route(OnCuda(), needs_pictures=False)
+    assert got is not None and got.side == demo.input_side
+
+
+@needs_cuda
+def test_indexing_on_cuda_decodes_jpegs_on_the_gpu_and_records_a_bad_one(
+    env: dict[str, str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from everlook.settings import Settings
+    from everlook.wiring import Parts
+    from tests.helpers import make_library
+
+    files = make_library(tmp_path / "lib", 10)
+    (tmp_path / "lib" / "broken.jpg").write_bytes(files[0].read_bytes()[:300] + b"\0" * 64)
+    vectors = {}
+    for device in ("cpu", "cuda"):
+        monkeypatch.setenv("EVERLOOK_HOME", str(tmp_path / device))
+        monkeypatch.setenv("EVERLOOK_DEVICE", device)
+        parts = Parts(Settings())
+        report = parts.pipeline().run([str(tmp_path / "lib")])
+        assert report.new == 10 and [p for p, _ in report.failed] == [
+            str(tmp_path / "lib" / "broken.jpg")
+        ]
+        cat, model = parts.catalog, parts.embedder.model_id
+        vectors[device] = {
+            path: np.frombuffer(cat.embedding(cat.item_id_for_path(path), "clip", model)[1],
+                                dtype=np.float32)
+            for path in map(str, files)
+        }  # fmt: skip
+    for path, want in vectors["cpu"].items():
+        assert float(np.dot(want, vectors["cuda"][path])) >= MIN_EMBED_COSINE
