@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from catalog.words import phrase
+from catalog.words import VOCABULARY, phrase
 
 CHUNK = 500  # ids per IN (...): SQLite's variable limit is far above; keeps plans simple
 
@@ -91,7 +91,7 @@ class LiteCatalog:
         """As Catalog.items_labelled_in: items whose stored label of this kind the text
         names as a whole phrase -> the best such label's score."""
         words = phrase(text)
-        vocab = self._all("SELECT DISTINCT label FROM labels WHERE kind = ?", (kind,))
+        vocab = self._all(VOCABULARY.replace(":kind", "?"), (kind, kind))
         named = [v for (v,) in vocab if phrase(v) in words]
         if not named:
             return {}
@@ -101,6 +101,12 @@ class LiteCatalog:
             (kind, *named),
         )
         return {int(i): float(sc) for i, sc in rows}
+
+    def embeddings_table_mark(self) -> tuple[int, int, datetime | None]:
+        """As Catalog.embeddings_table_mark: (rows, highest row id, its created_at)."""
+        (rows,) = self._all("SELECT count(*) FROM embeddings")[0]
+        last = self._all("SELECT id, created_at FROM embeddings ORDER BY id DESC LIMIT 1")
+        return int(rows), int(last[0][0]) if last else 0, _time(last[0][1]) if last else None
 
     # ---- what a result row shows ----------------------------------------------------------
     def paths_for(self, item_ids: Sequence[int]) -> dict[int, list[str]]:

@@ -1,3 +1,3 @@
-from everlook.cli import main
+from everlook.quick import main
 
 main()

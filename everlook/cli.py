@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -12,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from everlook.rows import emit_json
 
 if TYPE_CHECKING:  # pydantic-settings costs ~0.2 s: a cold query reads its few settings
     from everlook.settings import Settings  # itself (everlook.quick)
@@ -34,12 +35,6 @@ def shown(path: str) -> str:
     from indexer.media import printable
 
     return printable(path)
-
-
-def emit_json(data: Any) -> None:
-    """JSON on stdout. ASCII-only, so a name that is not UTF-8 travels as its PEP 383
-    escape (``\\udce9``), which ``os.fsencode`` turns back into the exact bytes."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _settings() -> Settings:

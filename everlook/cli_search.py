@@ -17,9 +17,9 @@ from everlook.cli import (
     app,
     emit_json,
     err,
-    out,
     shown,
 )  # fmt: skip
+from everlook.rows import print_rows
 
 Opt = typer.Option
 
@@ -101,6 +101,21 @@ def search(
         )
         raise typer.Exit(EXIT_USAGE)
     when = _date(after, "--after"), _date(before, "--before")
+    if (
+        text is not None
+        and given == 1
+        and not filtered
+        and space in (None, "clip")
+        and (min_style is None)
+    ):
+        # Words alone: the cold path (everlook.quick) answers in a fraction of a second
+        # without torch, SQLAlchemy or pydantic, or says it can't and the full path runs.
+        from everlook import quick
+
+        rows = None if quick.DECLINED else quick.text_search(text, k, min_score)
+        if rows is not None:
+            print_rows(rows, as_json)
+            return
     # A running server answers first: this path imports neither the catalog nor numpy
     # nor torch, so the whole command takes a fraction of a second.
     wire = {"q": text, "min_score": min_score, "min_style": min_style, "has": has, "tag": tag,
@@ -108,7 +123,7 @@ def search(
             "camera": camera, "path_glob": path_glob, "space": space}  # fmt: skip
     remote = _from_server(_settings(), wire, image, audio, like, k)
     if remote is not None:
-        _print(remote, as_json)
+        print_rows(remote, as_json)
         return
 
     from catalog.filters import Filters
@@ -148,7 +163,7 @@ def search(
             hits = engine.by_filters(filters, k)
     except (ModelUnavailable, LookupError, NoSpace) as exc:
         raise _fail_config(exc) from exc
-    _print(result_rows(parts.catalog, hits, s.artwork_min_score), as_json)
+    print_rows(result_rows(parts.catalog, hits, s.artwork_min_score), as_json)
 
 
 def _modality(parts: Any, text: Any, image: Any, audio: Any, item: int | None) -> str:
@@ -198,44 +213,6 @@ def _from_server(
     except (LookupError, remote.ServerSaid, OSError) as exc:
         raise _fail_config(exc) from exc
     return rows
-
-
-def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        emit_json(rows)
-        return
-    if not rows:
-        out.print("no results")
-        return
-    # Plain aligned lines rather than a rich table: paths are never cut or folded,
-    # since users copy them into other commands and pipes.
-    width = max(len(str(r["item_id"])) for r in rows)
-    print(f"{'#':>3}  {'score':>7}  {'id':>{width}}  path")
-    for r in rows:
-        extra = f"  (+{len(r['paths']) - 1} more)" if len(r["paths"]) > 1 else ""
-        if r.get("kind") == "audio":
-            dur = r.get("duration_s")
-            extra = f"  [sound{f', {dur:.1f} s' if dur is not None else ''}]{extra}"
-        path = shown(r["path"]) if r["path"] else "?"
-        score = "      -" if r["score"] is None else f"{r['score']:>7.4f}"
-        print(f"{r['rank']:>3}  {score}  {r['item_id']:>{width}}  {path}{extra}")
-        about = _about(r)
-        if about:
-            print(f"{'':>3}  {'':>7}  {'':>{width}}  {about}")
-
-
-def _about(r: dict[str, Any]) -> str:
-    bits = []
-    if r["objects"]:
-        bits.append("objects: " + ", ".join(f"{k}×{v}" for k, v in r["objects"].items()))
-    if r["tags"]:
-        bits.append("tags: " + ", ".join(r["tags"][:8]))
-    if r["styles"]:
-        shown_styles = [x for x in r["styles"] if x["score"] >= 0.01] or r["styles"][:1]
-        bits.append("style: " + ", ".join(f"{x['artist']} {x['score']:.0%}" for x in shown_styles))
-    if r["labels"]:
-        bits.append("labels: " + ", ".join(x["label"] for x in r["labels"][:3]))
-    return " · ".join(bits)
 
 
 def resolve_item(parts: Any, ref: str) -> int:

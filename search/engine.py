@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # a cold query runs the engine over catalog.lite, without SQL
     from catalog import Catalog
     from catalog.filters import Filters
     from search.index_sync import VectorIndex
-    from search.vectors import VectorStore
 
 # How much a stored label named by a text query adds to an item's score, times the
 # label's probability: enough to lift a confidently labelled item past near-ties
@@ -27,11 +26,10 @@ LABEL_BOOST = 0.05
 
 
 class SearchEngine(Modal):
-    def __init__(
-        self, embedder: Embedder, index: VectorIndex | VectorStore, catalog: Catalog
-    ) -> None:
-        """catalog: the catalog, or for text queries without filters a LiteCatalog (it
-        answers paths_for and items_labelled_in alike)."""
+    def __init__(self, embedder: Embedder, index: VectorIndex, catalog: Catalog) -> None:
+        """For text queries without filters (everlook.quick), the index may be a bare
+        VectorStore and the catalog a LiteCatalog: both answer what such a query asks
+        (search; paths_for and items_labelled_in) alike."""
         self.embedder = embedder
         self.index = index
         self.catalog = catalog

@@ -57,6 +57,8 @@ SCENARIOS = [
     ({"EVERLOOK_DATABASE_URL": "sqlite:///{tmp}/elsewhere.db"},
      "# a comment\nEVERLOOK_HOME='{tmp}/quoted home'\nexport EVERLOOK_ARTWORK_MIN_SCORE=0.75\n"),
     ({"EVERLOOK_DATABASE_URL": "postgresql://u@h/db", "EVERLOOK_SPACES": '["clip"]'}, ""),
+    ({"EVERLOOK_MODEL_DIR": "{tmp}/weights", "EVERLOOK_DEVICE": "cpu"},
+     "EVERLOOK_MODEL_DIR={tmp}/other\nEVERLOOK_CLIP_BACKEND=onnx\n"),
 ]  # fmt: skip
 
 
@@ -89,6 +91,7 @@ def test_the_quick_settings_read_what_the_settings_class_reads(
     assert quick.spaces == tuple(full.spaces)
     assert quick.clip_backend == getattr(full, "clip_backend", "auto")
     assert quick.models_cache == full.models_cache and quick.index_dir == full.index_dir
+    assert quick.model_dir == full.model_dir and quick.device == full.device
 
 
 def test_a_setting_the_quick_reader_cannot_read_leaves_the_query_to_the_full_path(
