@@ -1,18 +1,26 @@
 """Keeping a vector index file in step with the catalog, which is the source of truth.
 
-On open, the index file is loaded and compared with the catalog's stored vectors for
-the current model: missing, corrupt, or another model's -> rebuilt from the catalog;
-stale (ids differ, e.g. after a crash between a catalog commit and an index save) ->
-the difference is added or removed. Searches therefore always see what the catalog has.
+On open, the index file is read memory-mapped (milliseconds at any size) and brought up
+to the catalog from the mark it recorded (search.vectors.catalog_sync): nothing is read
+when nothing changed, the rows written since when the catalog moved, the full difference
+of ids only when counts disagree. Missing, corrupt, or another model's -> rebuilt from the
+catalog, of the kind its size calls for (exact below EVERLOOK_INDEX_EXACT_MAX vectors, an
+IVF above: search.vectors.ann). Searches therefore always see what the catalog has.
+
+The process that owns the index (not ``read_only``: the one that indexes) rebuilds it in
+the background when it crosses the threshold or doubles past what its lists were trained
+on: the old index serves meanwhile, what this process adds or removes meanwhile is
+replayed on the new one, which is then swapped in and saved. A reading server follows a
+newer file that the owner saved by switching to it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +28,12 @@ import numpy as np
 
 from catalog import Catalog
 from search import vectors
-from search.vectors import IndexInfo, IndexUnusable, VectorStore
+from search.vectors import BuildOptions, IndexInfo, IndexUnusable, VectorStore
+from search.vectors.catalog_sync import CatalogVectors, CatchUp, Mark, SyncReport, table_mark
+
+__all__ = ["ReadWriteLock", "SyncReport", "VectorIndex"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SyncReport:
-    rebuilt_because: str | None = None
-    added: int = 0
-    removed: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.rebuilt_because or self.added or self.removed)
 
 
 class ReadWriteLock:
@@ -79,6 +78,14 @@ class ReadWriteLock:
                 self._cond.notify_all()
 
 
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class VectorIndex:
     """A vector store bound to its file, its space/model, and the catalog.
 
@@ -88,20 +95,28 @@ class VectorIndex:
     """
 
     def __init__(
-        self, catalog: Catalog, backend: str, path: Path, space: str, info: IndexInfo
-    ) -> None:
+        self, catalog: Catalog, backend: str, path: Path, space: str, info: IndexInfo,
+        options: BuildOptions | None = None,
+    ) -> None:  # fmt: skip
         self.catalog = catalog
         self.backend = backend
         self.path = path
         self.space = space
         self.info = info
+        self.options = options or BuildOptions()
         self._store: VectorStore | None = None
         self.report = SyncReport()
         self.lock = ReadWriteLock()
         # A reader (a server without a watcher) never writes the index file: the
         # process that holds the writer lock owns it.
         self.read_only = False
-        self._mark: tuple[int, int, Any] | None = None  # the catalog's state at the last look
+        self._mark: Mark | None = None  # the catalog's state the store matches
+        self._file: tuple[int, int, int] | None = None  # the file the store came from
+        self._open_lock = threading.Lock()
+        # (ids, vectors) added or (ids, None) removed while a rebuild reads the catalog
+        self._journal: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        self._rebuilding: threading.Thread | None = None
+        self._rebuild_lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -114,56 +129,69 @@ class VectorIndex:
         assert self._store is not None
         return self._store
 
+    def _source(self) -> CatalogVectors:
+        return CatalogVectors(self.catalog, self.space, self.info.model_id, self.info.dim)
+
     def open(self) -> SyncReport:
-        report = SyncReport()
+        with self._open_lock:
+            report = SyncReport()
+            store, then = self._load_or_build(report)
+            # The store is not shared yet: caught up without taking the lock.
+            mark = CatchUp(self.catalog, self._source(), store).run(then, report)
+            with self.lock.writing():
+                self._store, self._mark = store, mark
+            # A rebuild or a full difference is O(catalog) to do again; a catch-up is not,
+            # and is left to the owner's next save.
+            if report.rebuilt_because or report.checked_all:
+                self.save()
+            self.report = report
+            return report
+
+    def _load_or_build(self, report: SyncReport) -> tuple[VectorStore, Mark | None]:
         try:
             store = vectors.load(self.backend, self.path, self.info)
+            self._file = _stat(self.path)
+            return store, Mark.from_json(getattr(store, "meta", {}).get("mark"))
         except IndexUnusable as why:
             report.rebuilt_because = str(why)
             # A first run has no index yet: nothing to warn about.
             level = logging.INFO if not self.path.exists() else logging.WARNING
             log.log(level, "rebuilding vector index from the catalog: %s", why)
-            store = vectors.create(self.backend, self.info)
-        # The catalog's mark before reconciling: whatever is written meanwhile shows
-        # as a change at the next refresh.
-        mark = self.catalog.embeddings_mark(self.space, self.info.model_id)
-        with self.lock.writing():
-            self._store = store
-            self._reconcile(store, report)
-            self._mark = mark
-        if report.changed:
-            self.save()
-        self.report = report
-        return report
+            then = table_mark(self.catalog)  # before reading: later writes show as changes
+            return vectors.build(self.backend, self.info, self._source(), self.options), then
 
     def refresh(self) -> SyncReport:
         """Bring the loaded index in step with the catalog after another process changed
-        it (vectors added or removed); one aggregate query when nothing changed."""
+        it (vectors added or removed): three cheap reads when nothing changed, the rows
+        written since when it did; a newer file saved by the owner is switched to."""
+        if self._store is None:
+            return self.open()
         report = SyncReport()
-        mark = self.catalog.embeddings_mark(self.space, self.info.model_id)
-        if mark == self._mark:
+        if _stat(self.path) != self._file and self._switch_to_file(report):
             return report
-        store = self.store
-        # The index's ids first, then the catalog's: the pipeline commits to the catalog
-        # before it adds to the index, so an id read here as present in the index was in
-        # the catalog already, and is never removed by mistake. The catalog is read
-        # outside the lock, so searches are held back only while vectors change.
-        with self.lock.reading():
-            have = store.ids()
-        extra, missing = self._difference(have)
-        if self._mark is not None and self._mark[2] is not None:
-            # Written since the last look but under an id the index has: a vector
-            # replaced, or an id SQLite reused after deleting the newest item.
-            renewed = self.catalog.embedding_ids_since(
-                self.space, self.info.model_id, self._mark[2]
-            )
-            missing = np.union1d(missing, np.asarray(renewed, dtype=np.int64))
-        batches = list(self._vectors(missing))  # read before the lock, not under it
-        if len(extra) or batches:
-            with self.lock.writing():
-                self._apply(store, extra, batches, report)
-        self._mark = mark
+        catch = CatchUp(self.catalog, self._source(), self._store, self.lock.writing,
+                        self.lock.reading)  # fmt: skip
+        self._mark = catch.run(self._mark, report)
         return report
+
+    def _switch_to_file(self, report: SyncReport) -> bool:
+        """Serve the file another process saved (its changes written in, its mark newer):
+        loaded and caught up aside, then swapped in. False: it is unusable, keep ours."""
+        try:
+            fresh = vectors.load(self.backend, self.path, self.info)
+        except IndexUnusable:
+            return False
+        stat = _stat(self.path)
+        then = Mark.from_json(getattr(fresh, "meta", {}).get("mark"))
+        mark = CatchUp(self.catalog, self._source(), fresh).run(then, SyncReport())
+        with self.lock.writing():
+            before = self._store.count() if self._store is not None else 0
+            self._store, self._mark, self._file = fresh, mark, stat
+        after = fresh.count()
+        report.added, report.removed = max(0, after - before), max(0, before - after)
+        report.notes.append("switched to the index file another process saved")
+        report.switched = True
+        return True
 
     def search(
         self, query: np.ndarray, k: int, allow: Sequence[int] | None = None
@@ -176,10 +204,15 @@ class VectorIndex:
         store = self.store
         with self.lock.writing():
             store.add(ids, vecs)
+            if self._journal is not None:  # a rebuild is reading the catalog: replay later
+                self._journal.append((np.array(ids, dtype=np.int64), np.array(vecs)))
+        self._consider_rebuild()
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         store = self.store
         with self.lock.writing():
+            if self._journal is not None:
+                self._journal.append((np.array(ids, dtype=np.int64), None))
             return store.remove(ids)
 
     def count(self) -> int:
@@ -187,42 +220,78 @@ class VectorIndex:
         with self.lock.reading():
             return store.count()
 
-    def _reconcile(self, store: VectorStore, report: SyncReport) -> None:
-        extra, missing = self._difference(store.ids())
-        self._apply(store, extra, self._vectors(missing), report)  # streamed, batch by batch
-
-    def _difference(self, have: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids the index has and the catalog does not, ids the catalog has and it lacks)."""
-        wanted = np.asarray(
-            self.catalog.embedding_ids(self.space, self.info.model_id), dtype=np.int64
-        )
-        return (np.setdiff1d(have, wanted, assume_unique=True),
-                np.setdiff1d(wanted, have, assume_unique=True))  # fmt: skip
-
-    def _vectors(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The catalog's vectors of ids, in batches of (ids, vectors)."""
-        if not len(ids):
-            return
-        for rows in self.catalog.iter_embeddings(self.space, self.info.model_id, only=ids.tolist()):
-            yield (np.array([r[0] for r in rows], dtype=np.int64),
-                   np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]))  # fmt: skip
-
-    @staticmethod
-    def _apply(
-        store: VectorStore, extra: np.ndarray,
-        batches: Iterable[tuple[np.ndarray, np.ndarray]], report: SyncReport,
-    ) -> None:  # fmt: skip
-        if len(extra):
-            report.removed = store.remove(extra)
-        for ids, vecs in batches:
-            store.add(ids, vecs)
-            report.added += len(ids)
-
     def describe(self) -> dict[str, Any]:
-        """What the saved index holds, asked of its backend (the index is not loaded)."""
-        return vectors.describe(self.backend, self.path)
+        """What the saved index holds, asked of its backend (kind, vectors, recall@10
+        measured at its build...), and what this process serves when it is loaded."""
+        out = vectors.describe(self.backend, self.path)
+        describe = getattr(self._store, "describe", None)
+        if describe is not None:
+            out["serving"] = describe()
+        out["rebuilding"] = self._rebuilding is not None and self._rebuilding.is_alive()
+        return out
 
     def save(self) -> None:
-        if self._store is not None and not self.read_only:
+        store = self._store
+        if store is None or self.read_only:
+            return
+        meta = getattr(store, "meta", {})
+        if getattr(store, "dirty", True) or meta.get("mark") is None:
             with self.lock.reading():  # serialising does not change the index
-                self._store.save(self.path)
+                mark = table_mark(self.catalog)
+                wanted = self.catalog.embedding_count(self.space, self.info.model_id)
+                # The mark is only written when the index holds as many vectors as the
+                # catalog then: a next open trusts it and reads nothing.
+                ok = store.count() == wanted
+                store.save(self.path, {"mark": mark.to_json() if ok else None})
+                self._file = _stat(self.path)
+        self._consider_rebuild()
+
+    # ---- rebuilding ----------------------------------------------------------------
+    def _consider_rebuild(self) -> None:
+        if self.read_only or self._store is None:
+            return
+        reason = getattr(self._store, "rebuild_reason", None)
+        why = reason(self.options) if reason is not None else None
+        if why:
+            self.rebuild(why)
+
+    def rebuild(self, why: str = "asked for", wait: bool = False) -> None:
+        """Build a new index from the catalog in a background thread while this one
+        serves; at most one at a time."""
+        with self._rebuild_lock:
+            thread = self._rebuilding
+            if thread is None or not thread.is_alive():
+                with self.lock.writing():
+                    self._journal = []  # before the build reads anything
+                thread = threading.Thread(target=self._rebuild, args=(why,), daemon=True,
+                                          name=f"rebuild-{self.space}-index")  # fmt: skip
+                self._rebuilding = thread
+                thread.start()
+        if wait:
+            thread.join()
+
+    def finish_rebuild(self, timeout: float | None = None) -> bool:
+        """Wait for a background rebuild (a command about to exit); True when none runs."""
+        thread = self._rebuilding
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
+    def _rebuild(self, why: str) -> None:
+        log.info("rebuilding the %s vector index in the background: %s", self.space, why)
+        try:
+            fresh = vectors.build(self.backend, self.info, self._source(), self.options)
+            with self.lock.writing():
+                for ids, vecs in self._journal or []:
+                    if vecs is not None:
+                        fresh.add(ids, vecs)
+                    else:
+                        fresh.remove(ids)
+                self._journal = None
+                self._store = fresh
+            self.save()
+        except Exception:
+            log.exception("rebuilding the %s vector index failed; the old one serves", self.space)
+        finally:
+            with self.lock.writing():
+                self._journal = None

@@ -27,7 +27,10 @@ def cli_home(_: Any) -> str:
     return os.environ["EVERLOOK_HOME"]
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "flip_payload_byte"])
+@pytest.mark.parametrize(
+    "damage",
+    ["delete", "truncate", "garbage", "flip_a_trailing_byte", "header_disagrees", "old_format"],
+)
 def test_damaged_index_is_rebuilt_with_the_same_results(cli, tmp_path: Path, damage: str):
     path, before = index_and_query(cli, tmp_path)
     if damage == "delete":
@@ -36,6 +39,12 @@ def test_damaged_index_is_rebuilt_with_the_same_results(cli, tmp_path: Path, dam
         path.write_bytes(path.read_bytes()[:100])
     elif damage == "garbage":
         path.write_bytes(b"\x00" * 4096)
+    elif damage == "header_disagrees":  # the header says 13 vectors, FAISS's part holds 12
+        data = path.read_bytes()
+        assert b'"count": 12' in data
+        path.write_bytes(data.replace(b'"count": 12', b'"count": 13'))
+    elif damage == "old_format":  # format 1: magic, header length, JSON, payload
+        path.write_bytes(b"EVLKFAIS" + (2).to_bytes(4, "big") + b"{}" + b"\x00" * 64)
     else:
         data = bytearray(path.read_bytes())
         data[-5] ^= 0x55

@@ -1,16 +1,20 @@
-"""The contract every vector store backend must pass (index, save, reload, delete, search)."""
+"""The contract every vector store backend must pass (index, save, reload, delete, search),
+for each kind of index a backend builds: exact, and approximate (trained here on a few
+hundred vectors with a tiny list count, so the approximate path runs in milliseconds)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from search import vectors
-from search.vectors import IndexInfo, IndexUnusable
+from search.vectors import BuildOptions, IndexInfo, IndexUnusable
 
 INFO = IndexInfo(model_id="test/model-a", dim=16)
+KINDS = ("exact", "approximate")
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
@@ -18,19 +22,60 @@ def unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.fixture(params=vectors.available())
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+class ArraySource:
+    """A VectorSource over arrays (the catalog's part in a build)."""
+
+    def __init__(self, ids: np.ndarray, vecs: np.ndarray, batch: int = 1000) -> None:
+        self.ids, self.vecs, self.batch = np.asarray(ids, dtype=np.int64), vecs, batch
+
+    def count(self) -> int:
+        return len(self.ids)
+
+    def sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        pick = np.random.default_rng(seed).permutation(len(self.ids))[:n]
+        return self.ids[pick], self.vecs[pick]
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for s in range(0, len(self.ids), self.batch):
+            yield self.ids[s : s + self.batch], self.vecs[s : s + self.batch]
+
+
+def new_store(backend: str, kind: str) -> vectors.VectorStore:
+    """An empty store of the kind: the approximate one trained on other vectors first."""
+    if kind == "exact":
+        return vectors.create(backend, INFO)
+    rng = np.random.default_rng(11)
+    train = ArraySource(np.arange(10_000, 10_256), unit(rng, 256))
+    store = vectors.build(backend, INFO, train, BuildOptions(exact_max=1, nlist=4))
+    assert getattr(store, "kind", "approximate") != "flat"
+    store.remove(train.ids)
+    assert store.count() == 0
+    return store
+
+
+@pytest.fixture(params=[(b, k) for b in vectors.available() for k in KINDS],
+                ids=lambda p: f"{p[0]}-{p[1]}")  # fmt: skip
+def backend_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def filled(backend: str) -> tuple[vectors.VectorStore, np.ndarray, np.ndarray]:
+def backend(backend_kind: tuple[str, str]) -> str:
+    return backend_kind[0]
+
+
+@pytest.fixture
+def empty(backend_kind: tuple[str, str]) -> vectors.VectorStore:
+    return new_store(*backend_kind)
+
+
+@pytest.fixture
+def filled(empty: vectors.VectorStore) -> tuple[vectors.VectorStore, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)
-    store = vectors.create(backend, INFO)
     ids = np.arange(100, 150)
     vecs = unit(rng, 50)
-    store.add(ids, vecs)
-    return store, ids, vecs
+    empty.add(ids, vecs)
+    return empty, ids, vecs
 
 
 def test_each_vector_finds_itself_first_with_score_one(filled):
@@ -82,21 +127,28 @@ def test_allow_list_restricts_results(filled):
     assert {i for i, _ in row} == set(allow)
 
 
+def test_an_allow_list_gives_the_exact_best_k_among_its_ids(filled):
+    store, ids, vecs = filled
+    allow = ids[::3]
+    for q in vecs[:5]:
+        (row,) = store.search(q, k=4, allow=allow.tolist())
+        want = allow[np.argsort(-(vecs[::3] @ q), kind="stable")][:4]
+        assert [i for i, _ in row] == want.tolist()
+
+
 def test_k_larger_than_index_returns_everything_once(filled):
     store, ids, vecs = filled
     (row,) = store.search(vecs[0], k=1000)
     assert sorted(i for i, _ in row) == ids.tolist()
 
 
-def test_empty_index_returns_no_results(backend):
-    store = vectors.create(backend, INFO)
-    assert store.search(unit(np.random.default_rng(0), 1), k=5) == [[]]
+def test_empty_index_returns_no_results(empty):
+    assert empty.search(unit(np.random.default_rng(0), 1), k=5) == [[]]
 
 
-def test_wrong_dimension_is_refused(backend):
-    store = vectors.create(backend, INFO)
+def test_wrong_dimension_is_refused(empty):
     with pytest.raises(ValueError):
-        store.add([1], np.ones((1, 8), dtype=np.float32))
+        empty.add([1], np.ones((1, 8), dtype=np.float32))
 
 
 def test_save_and_reload_gives_identical_results(filled, backend, tmp_path: Path):
@@ -110,6 +162,37 @@ def test_save_and_reload_gives_identical_results(filled, backend, tmp_path: Path
     again.add([999], vecs[0:1])
     assert again.remove([100]) == 1
     assert again.search(vecs[0], k=1)[0][0][0] == 999
+
+
+def test_changes_after_a_reload_are_searched_and_kept_by_the_next_save(
+    filled, backend, tmp_path: Path
+):
+    store, ids, vecs = filled
+    path = tmp_path / "x.idx"
+    store.save(path)
+    again = vectors.load(backend, path, INFO)
+    again.add([ids[1], 999], vecs[2:4])  # one replaced, one new
+    again.remove(ids[5:8])
+    want = sorted({*ids.tolist(), 999} - set(ids[5:8].tolist()))
+    assert sorted(again.ids().tolist()) == want and again.count() == len(want)
+    assert again.search(vecs[2], k=2)[0][0][0] in (ids[1], ids[2])
+    found = {i for i, _ in again.search(vecs[5], k=60)[0]}
+    assert found == set(want)
+    again.save(path)
+    third = vectors.load(backend, path, INFO)
+    assert sorted(third.ids().tolist()) == want
+    assert third.search(vecs[:4], k=5) == again.search(vecs[:4], k=5)
+
+
+def test_what_a_save_is_told_comes_back_with_the_file_until_the_store_changes(
+    filled, backend, tmp_path: Path
+):
+    store, ids, vecs = filled
+    store.save(tmp_path / "x.idx", {"mark": {"rows": 5}})
+    again = vectors.load(backend, tmp_path / "x.idx", INFO)
+    assert again.meta["mark"] == {"rows": 5}  # type: ignore[attr-defined]
+    again.add([ids[0]], vecs[:1])
+    assert "mark" not in again.meta  # type: ignore[attr-defined]
 
 
 def test_save_leaves_no_temporary_files(filled, tmp_path: Path):
@@ -126,7 +209,7 @@ def test_an_index_made_by_another_model_is_unusable(filled, backend, tmp_path: P
         vectors.load(backend, tmp_path / "x.idx", IndexInfo("test/model-b", 16))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty", "appended"])
 def test_a_damaged_index_file_is_unusable(filled, backend, tmp_path: Path, damage: str):
     store, _, _ = filled
     path = tmp_path / "x.idx"
@@ -138,6 +221,8 @@ def test_a_damaged_index_file_is_unusable(filled, backend, tmp_path: Path, damag
         data[-10] ^= 0xFF
     elif damage == "garbage":
         data = bytearray(b"not an index at all" * 10)
+    elif damage == "appended":
+        data += b"\x00" * 100
     else:
         data = bytearray()
     path.write_bytes(bytes(data))

@@ -1,12 +1,15 @@
 """Vector stores: ids are catalog item ids; scores are inner products of unit vectors.
 
 Backends register under a name (``faiss``; ``milvus`` later) and must pass the shared
-contract suite in ``tests/test_vector_store_contract.py``.
+contract suite in ``tests/test_vector_store_contract.py``. A backend may also register a
+``build``: a whole index made at once from a source of vectors (the catalog), which is
+where a backend chooses and trains an approximate index; without one, ``build`` adds the
+vectors to an empty store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -22,8 +25,32 @@ class IndexInfo:
     dim: int
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How an index is chosen and built from its size (EVERLOOK_INDEX_* settings)."""
+
+    exact_max: int = 100_000  # below this many vectors: exact search
+    recall: float = 0.97  # recall@10 the approximate index is tuned to reach
+    nlist: int = 0  # inverted lists of the approximate index; 0: from the size
+    seed: int = 0
+
+
 class IndexUnusable(Exception):
     """An index file is missing, corrupt, or made by another model: rebuild it."""
+
+
+class VectorSource(Protocol):
+    """Where a build reads its vectors (the catalog): all of them, or a random sample."""
+
+    def count(self) -> int: ...
+
+    def sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to n (ids, vectors) drawn at random."""
+        ...
+
+    def batches(self) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """Every (ids, vectors), in batches."""
+        ...
 
 
 @runtime_checkable
@@ -39,14 +66,23 @@ class VectorStore(Protocol):
     def search(
         self, query: np.ndarray, k: int, allow: Sequence[int] | None = None
     ) -> list[list[tuple[int, float]]]:
-        """For each query row, up to k (id, score) pairs, best first."""
+        """For each query row, up to k (id, score) pairs, best first. With ``allow``, the
+        exact best k among those ids, whatever the index kind."""
         ...
 
     def count(self) -> int: ...
 
     def ids(self) -> np.ndarray: ...
 
-    def save(self, path: Path) -> None: ...
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """Write atomically; ``extra`` is kept with the file (the catalog mark it reflects)
+        and read back by ``load`` as ``store.meta``."""
+        ...
+
+
+# Optional on a store: ``meta`` (dict: what its file says), ``dirty`` (changed since it
+# was loaded or saved), ``describe()`` and ``rebuild_reason(options)`` (why the index
+# kind no longer suits its size, or None). VectorIndex reads them with getattr.
 
 
 class StoreFactory(Protocol):
@@ -57,8 +93,10 @@ class StoreLoader(Protocol):
     def __call__(self, path: Path, expect: IndexInfo) -> VectorStore: ...
 
 
+Builder = Callable[[IndexInfo, VectorSource, BuildOptions], VectorStore]
 _FACTORIES: dict[str, tuple[Callable[..., VectorStore], Callable[..., VectorStore]]] = {}
 _DESCRIBERS: dict[str, Callable[[Path], dict[str, Any]]] = {}
+_BUILDERS: dict[str, Builder] = {}
 
 
 def register(
@@ -66,12 +104,15 @@ def register(
     create: Callable[..., VectorStore],
     load: Callable[..., VectorStore],
     describe: Callable[[Path], dict[str, Any]] | None = None,
+    build: Builder | None = None,
 ) -> None:
     """describe(path) says what a saved index holds (vectors, model_id, dim) cheaply,
     without loading it: `everlook stats` asks it instead of knowing file formats."""
     _FACTORIES[name] = (create, load)
     if describe is not None:
         _DESCRIBERS[name] = describe
+    if build is not None:
+        _BUILDERS[name] = build
 
 
 def describe(name: str, path: Path) -> dict[str, Any]:
@@ -99,6 +140,20 @@ def load(name: str, path: Path, expect: IndexInfo) -> VectorStore:
     """Load a saved index; raises IndexUnusable when it cannot serve ``expect``."""
     _builtin(name)
     return _FACTORIES[name][1](path, expect)
+
+
+def build(
+    name: str, info: IndexInfo, source: VectorSource, options: BuildOptions | None = None
+) -> VectorStore:
+    """A whole index from ``source``, of the kind its size calls for."""
+    _builtin(name)
+    options = options or BuildOptions()
+    if name in _BUILDERS:
+        return _BUILDERS[name](info, source, options)
+    store = create(name, info)
+    for ids, vecs in source.batches():
+        store.add(ids, vecs)
+    return store
 
 
 def available() -> list[str]:
