@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     index_save_every: int = Field(
         default=2000, ge=1, description="Save the vector index after this many new vectors."
     )
+    index_exact_max: int = Field(
+        default=100_000, ge=0, description="A space's vector index searches exactly below "
+        "this many vectors, approximately (IVF, recall measured) from it on.",
+    )  # fmt: skip
+    index_recall: float = Field(
+        default=0.97, gt=0.0, le=1.0, description="recall@10 against exact search that the "
+        "approximate index is tuned to reach (lists probed per query, chosen at each build).",
+    )  # fmt: skip
+    index_nlist: int = Field(
+        default=0, ge=0, description="Inverted lists of the approximate index; 0: 2 x "
+        "sqrt(vectors), a power of two.",
+    )  # fmt: skip
 
     spaces: list[str] = Field(
         default_factory=lambda: ["clip"],

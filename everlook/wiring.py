@@ -18,7 +18,7 @@ from search.embedders import Embedder
 from search.engine import SearchEngine
 from search.index_sync import VectorIndex
 from search.spaces import Space
-from search.vectors import IndexInfo
+from search.vectors import BuildOptions, IndexInfo
 
 
 def open_catalog(settings: Settings) -> Catalog:
@@ -53,8 +53,11 @@ class Parts:
         else:
             emb, target = self.build_embedder(name, active.args), configured
         info = IndexInfo(model_id=emb.model_id, dim=emb.dim)
-        path = self.settings.index_dir / f"{name}.faiss"
-        return Space(name, emb, VectorIndex(self.catalog, "faiss", path, name, info), target)
+        s = self.settings
+        path = s.index_dir / f"{name}.faiss"
+        options = BuildOptions(s.index_exact_max, s.index_recall, s.index_nlist)
+        index = VectorIndex(self.catalog, "faiss", path, name, info, options)
+        return Space(name, emb, index, target)
 
     def embedder_args(self, space: str) -> dict[str, Any]:
         """What the settings ask of a space's model (stored with the active model, so it
