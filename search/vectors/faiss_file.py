@@ -148,9 +148,6 @@ def _load(fd: int, path: Path, expect: IndexInfo) -> tuple[Any, dict[str, Any]]:
         if sizes != index.ntotal or index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise IndexUnusable(f"{path}: its inverted lists disagree with its header")
         index.nprobe = int(header.get("nprobe") or index.nprobe)
-        # A query's probed lists shared among the cores (FAISS's default shares the
-        # queries, so one query runs on one core): 12 -> 6.5 ms per query at 1M here.
-        index.parallel_mode = 1
         # FAISS would start threads to read ahead the probed lists at every query:
         # ~9 ms more per query here, for pages the query touches anyway.
         if hasattr(lists, "prefetch_nthread"):
