@@ -44,6 +44,9 @@ def session(path: Path, threads: int | None = None, *, prepack: bool = True) -> 
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # ORT's own errors reach us as exceptions
+    # ORT's worker threads spin between tasks by default; here they share the cores with
+    # the pipeline's decoding threads, whose time spinning would take.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
     # From the path, not bytes: ORT maps the weights file instead of holding a copy.
