@@ -158,6 +158,11 @@ def index(
     if runner is not None:  # items this run did not enrich inline: older ones, retries
         _backfill_with_progress(runner, quiet=as_json)
         runner.save_indexes()  # the backfill may have added to a space's index
+    for space in parts.spaces.values():
+        # An index that grew past its size's kind rebuilds in the background: the
+        # command waits for it, or a library grown only by `everlook index` runs would
+        # never get its approximate index (the rebuild dying with the process each time).
+        space.index.finish_rebuild()
     elapsed = time.monotonic() - started
     stages = (
         {"done": runner.stats.done, "failed": runner.stats.failed,

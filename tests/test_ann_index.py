@@ -230,3 +230,17 @@ def test_the_owner_rebuilds_in_the_background_while_searches_go_on(catalog, tmp_
     want = sorted(catalog.embedding_ids("clip", MODEL))
     assert sorted(index.store.ids().tolist()) == want and len(want) == 3000 + 480 - 5
     assert vectors.describe("faiss", index.path)["kind"] == "ivf"
+
+
+def test_everlook_index_waits_for_the_rebuild_its_growth_started(
+    env: dict[str, str], cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from search.vectors import describe
+    from tests.helpers import make_library
+
+    monkeypatch.setenv("EVERLOOK_INDEX_EXACT_MAX", "12")
+    monkeypatch.setenv("EVERLOOK_INDEX_NLIST", "2")
+    make_library(tmp_path / "lib", 20)
+    assert cli("index", str(tmp_path / "lib")).exit_code == 0
+    saved = describe("faiss", Path(env["EVERLOOK_HOME"]) / "index" / "clip.faiss")
+    assert saved["kind"] == "ivf" and saved["vectors"] == 20
