@@ -77,6 +77,7 @@ def test_a_new_file_is_indexed(watching):
     path = save(picture(1), watching.lib / "new.jpg")
     wait_for(lambda: watching.item(path), what="the new file in the catalog")
     assert watching.counter.embedded == 1
+    watching.settle()  # the catalog commits before the index hears of the vector
     watching.consistent()
 
 
