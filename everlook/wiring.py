@@ -55,7 +55,8 @@ class Parts:
         info = IndexInfo(model_id=emb.model_id, dim=emb.dim)
         s = self.settings
         path = s.index_dir / f"{name}.faiss"
-        options = BuildOptions(s.index_exact_max, s.index_recall, s.index_nlist)
+        options = BuildOptions(s.index_exact_max, s.index_recall, s.index_nlist,
+                               gpu=s.device != "cpu")  # fmt: skip
         index = VectorIndex(self.catalog, "faiss", path, name, info, options)
         return Space(name, emb, index, target)
 

@@ -139,7 +139,7 @@ class VectorIndex:
             # The store is not shared yet: caught up without taking the lock.
             mark = CatchUp(self.catalog, self._source(), store).run(then, report)
             with self.lock.writing():
-                self._store, self._mark = store, mark
+                self._store, self._mark = self._placed(store), mark
             # A rebuild or a full difference is O(catalog) to do again; a catch-up is not,
             # and is left to the owner's next save.
             if report.rebuilt_because or report.checked_all:
@@ -159,6 +159,17 @@ class VectorIndex:
             log.log(level, "rebuilding vector index from the catalog: %s", why)
             then = table_mark(self.catalog)  # before reading: later writes show as changes
             return vectors.build(self.backend, self.info, self._source(), self.options), then
+
+    def _placed(self, store: VectorStore) -> VectorStore:
+        """The store, told to search on the GPU when the options say so (a CUDA device
+        and FAISS's GPU build: everlook.wiring)."""
+        use_gpu = getattr(store, "use_gpu", None)
+        if self.options.gpu and use_gpu is not None:
+            from search.gpu import faiss_gpu_available  # FAISS is loaded by now
+
+            if faiss_gpu_available():
+                use_gpu()
+        return store
 
     def refresh(self) -> SyncReport:
         """Bring the loaded index in step with the catalog after another process changed
@@ -186,7 +197,7 @@ class VectorIndex:
         mark = CatchUp(self.catalog, self._source(), fresh).run(then, SyncReport())
         with self.lock.writing():
             before = self._store.count() if self._store is not None else 0
-            self._store, self._mark, self._file = fresh, mark, stat
+            self._store, self._mark, self._file = self._placed(fresh), mark, stat
         after = fresh.count()
         report.added, report.removed = max(0, after - before), max(0, before - after)
         report.notes.append("switched to the index file another process saved")
@@ -288,7 +299,7 @@ class VectorIndex:
                     else:
                         fresh.remove(ids)
                 self._journal = None
-                self._store = fresh
+                self._store = self._placed(fresh)
             self.save()
         except Exception:
             log.exception("rebuilding the %s vector index failed; the old one serves", self.space)

@@ -450,3 +450,42 @@ def test_indexing_on_cuda_decodes_jpegs_on_the_gpu_and_records_a_bad_one(
         }  # fmt: skip
     for path, want in vectors["cpu"].items():
         assert float(np.dot(want, vectors["cuda"][path])) >= MIN_EMBED_COSINE
+
+
+def _store_with(n: int, seed: int = 0) -> tuple[Any, np.ndarray]:
+    from search.vectors import IndexInfo
+    from search.vectors.faiss_store import FaissStore
+
+    rng = np.random.default_rng(seed)
+    vecs = rng.standard_normal((n, 32), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store = FaissStore(IndexInfo("m", 32))
+    store.add(np.arange(1, n + 1), vecs)
+    return store, vecs
+
+
+def test_a_store_told_to_use_a_gpu_answers_from_the_cpu_when_faiss_has_none() -> None:
+    store, vecs = _store_with(500)
+    plain, _ = _store_with(500)
+    store.use_gpu()
+    q = vecs[:5]
+    assert store.search(q, 10) == plain.search(q, 10)
+    assert store.search(q, 5, allow=[3, 9, 27]) == plain.search(q, 5, allow=[3, 9, 27])
+    if not faiss_gpu_available():
+        assert store._gpu[1] is not None and not store._gpu[1].active  # the reason is kept
+
+
+@needs_faiss_gpu
+def test_a_store_on_the_gpu_finds_what_the_cpu_finds_and_follows_its_changes() -> None:
+    store, vecs = _store_with(10_000)
+    plain, _ = _store_with(10_000)
+    store.use_gpu()
+    q = vecs[:20]
+    got, want = store.search(q, 10), plain.search(q, 10)
+    assert store._gpu[1].active
+    assert (
+        top_k_agreement([[i for i, _ in r] for r in want], [[i for i, _ in r] for r in got]) >= 0.99
+    )
+    store.add([10_001], -vecs[:1])
+    plain.add([10_001], -vecs[:1])
+    assert store.search(-vecs[:1], 1)[0][0][0] == plain.search(-vecs[:1], 1)[0][0][0] == 10_001

@@ -63,6 +63,7 @@ class FaissStore:
         self.meta: dict[str, Any] = dict(meta or {"kind": "flat"})
         self._state = _State(index if index is not None else _flat(info.dim))
         self.dirty = index is not None  # built in memory: not on disk yet
+        self._gpu: Any = None  # (device number, search.gpu.GpuMirror or None): use_gpu
 
     @property
     def kind(self) -> str:
@@ -112,7 +113,32 @@ class FaissStore:
             self._changed()
         return n
 
+    def use_gpu(self, device_no: int = 0) -> None:
+        """Searches without a filter run on a GPU copy of the index (search.gpu.GpuMirror,
+        cloned at the first such search and again after the index changes in place); the
+        CPU index stays the one changed, filtered, overlaid and saved."""
+        self._gpu = (device_no, None)
+
+    def _gpu_search(
+        self, st: _State, q: np.ndarray, k: int
+    ) -> list[list[tuple[int, float]]] | None:
+        from search.gpu import GpuMirror
+
+        device_no, mirror = self._gpu
+        if mirror is None or mirror.cpu is not st.index:
+            mirror = GpuMirror(st.index, device_no)
+            self._gpu = (device_no, mirror)
+        got = mirror.search(q, k)
+        if got is None:
+            return None  # no GPU FAISS, k too large, a failed search: the CPU answers
+        return [
+            [(int(i), float(sc)) for i, sc in zip(ids, row, strict=True) if i != -1]
+            for ids, row in zip(got[1], got[0], strict=True)
+        ]
+
     def _changed(self) -> None:
+        if self._gpu is not None and not self._state.mapped:
+            self._gpu = (self._gpu[0], None)  # changed in place: clone it again
         self.dirty = True
         # The catalog mark the file recorded no longer describes these contents.
         self.meta.pop("mark", None)
@@ -141,6 +167,10 @@ class FaissStore:
         if st.index.ntotal == 0 or (allow_ids is not None and not len(allow_ids)):
             return [[] for _ in range(len(q))]
         exclude = st.hidden if allow_ids is None and len(st.hidden) else None
+        if self._gpu is not None and allow_ids is None and exclude is None:
+            got = self._gpu_search(st, q, k)
+            if got is not None:
+                return got
         if not isinstance(st.index, faiss.IndexIVF):
             return _search(st.index, q, k, allow_ids, exclude)
         # With an allow-list every list is probed: the exact top k among those ids (an
