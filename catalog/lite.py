@@ -46,7 +46,9 @@ class LiteCatalog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        uri = f"file:{path}?mode=ro"
+        # A URI, percent-encoded: a folder named with "#", "?" or "%" must not cut it short
+        # (SQLite would open, or create, another file).
+        uri = path.resolve().as_uri() + "?mode=ro"
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self.conn.execute("PRAGMA query_only = ON")
         self.browse = self  # the parts of Catalog's interface result rows use

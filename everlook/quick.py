@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Mapping
@@ -75,12 +76,15 @@ class QuickSettings:
         env = os.environ if environ is None else environ
         raw = _raw(env, Path.cwd() if cwd is None else cwd)
         try:
-            home = Path(raw["home"]) if raw.get("home") else _default_home(env)
+            # Set but empty is a value, as Settings reads it (Path("") is the folder here).
+            home = Path(raw["home"]) if "home" in raw else _default_home(env)
             weight = float(raw.get("negative_weight", 0.5))
             artwork = float(raw.get("artwork_min_score", 0.5))
-            spaces = tuple(json.loads(raw["spaces"])) if raw.get("spaces") else ("clip",)
+            spaces = tuple(json.loads(raw["spaces"])) if "spaces" in raw else ("clip",)
         except (ValueError, TypeError):
             return None
+        if not set(spaces) <= {"clip", "imagebind"}:
+            return None  # Settings refuses it: the full path reports that
         if not (0.0 <= weight <= 2.0 and 0.0 <= artwork <= 1.0) or "clip" not in spaces:
             return None
         return cls(
@@ -90,7 +94,7 @@ class QuickSettings:
             artwork_min_score=artwork,
             clip_backend=raw.get("clip_backend", "auto"),
             spaces=spaces,
-            model_dir=Path(raw["model_dir"]) if raw.get("model_dir") else None,
+            model_dir=Path(raw["model_dir"]) if "model_dir" in raw else None,
             device=raw.get("device", "auto"),
         )
 
@@ -123,36 +127,50 @@ def text_search(text: str, k: int, min_score: float | None) -> list[dict[str, An
 
     if running_server(qs.home) is not None:
         return None  # a server's warm models answer faster still (the full path asks it)
-    import migrations
     from catalog.lite import LiteCatalog
 
-    with LiteCatalog(db) as lite:
-        active = lite.active_model("clip")
-        if lite.revision() != migrations.head() or active is None:
-            return None
-        embedder = _text_embedder(qs, *active)
-        if embedder is None:
-            return None
-        # The text tower's session is built in a thread while this one opens the index:
-        # ONNX Runtime releases the GIL while it loads, so the two overlap on 2 cores.
-        # The engine then finds the same texts' vectors in the embedder's recent queries.
-        from search.query import parse
+    try:
+        with LiteCatalog(db) as lite:
+            return _answer(lite, qs, text, k, min_score)
+    except sqlite3.Error:  # locked, unreadable, an older schema: the full path says what
+        return None
 
-        q = parse(text)
-        texts = ([q.positive] if q.positive else []) + q.negatives
-        early: list[BaseException] = []
-        thread = threading.Thread(target=_embed_into, args=(embedder, texts, early), daemon=True)
-        thread.start()
-        store = _current_index(lite, qs.index_dir / "clip.faiss", active[0], embedder.dim)
-        thread.join()
-        if store is None or early:
-            return None
-        from search.engine import SearchEngine
-        from search.present import result_rows
 
-        engine = SearchEngine(embedder, store, lite)  # type: ignore[arg-type]  # see its doc
-        hits = engine.by_text(text, k, min_score, None, qs.negative_weight)
-        return result_rows(lite, hits, qs.artwork_min_score)
+def _answer(
+    lite: Any, qs: QuickSettings, text: str, k: int, min_score: float | None
+) -> list[dict[str, Any]] | None:
+    import migrations
+
+    if lite.revision() != migrations.head():
+        return None  # the full path migrates first
+    active = lite.active_model("clip")
+    if active is None:
+        return None
+    embedder = _text_embedder(qs, *active)
+    if embedder is None:
+        return None
+    # The text tower's session is built in a thread while this one opens the index:
+    # ONNX Runtime releases the GIL while it loads, so the two overlap on 2 cores.
+    # The engine then finds the same texts' vectors in the embedder's recent queries.
+    from search.query import parse
+
+    q = parse(text)
+    if not q.positive:
+        return None  # negatives alone: the full path says why it can't search that
+    texts = [q.positive, *q.negatives]
+    early: list[BaseException] = []
+    thread = threading.Thread(target=_embed_into, args=(embedder, texts, early), daemon=True)
+    thread.start()
+    store = _current_index(lite, qs.index_dir / "clip.faiss", active[0], embedder.dim)
+    thread.join()
+    if store is None or early:
+        return None
+    from search.engine import SearchEngine
+    from search.present import result_rows
+
+    engine = SearchEngine(embedder, store, lite)  # a store and a LiteCatalog: see its doc
+    hits = engine.by_text(text, k, min_score, None, qs.negative_weight)
+    return result_rows(lite, hits, qs.artwork_min_score)
 
 
 def _embed_into(embedder: Any, texts: list[str], errors: list[BaseException]) -> None:

@@ -56,7 +56,7 @@ class Parts:
         s = self.settings
         path = s.index_dir / f"{name}.faiss"
         options = BuildOptions(s.index_exact_max, s.index_recall, s.index_nlist,
-                               gpu=s.device != "cpu")  # fmt: skip
+                               gpu=cuda_number(s.device))  # fmt: skip
         index = VectorIndex(self.catalog, "faiss", path, name, info, options)
         return Space(name, emb, index, target)
 
@@ -330,3 +330,12 @@ class Parts:
 
 def panoptic_family(backend: str) -> str:
     return "detectron2" if backend == "detectron2" else "transformers"
+
+
+def cuda_number(device: str) -> int | None:
+    """The CUDA device a setting names for FAISS ("cuda:1" -> 1; "auto", "cuda" -> 0), or
+    None for the CPU."""
+    if device == "cpu" or not (device == "auto" or device.startswith("cuda")):
+        return None
+    _, _, n = device.partition(":")
+    return int(n) if n.isdigit() else 0

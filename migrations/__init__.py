@@ -22,7 +22,10 @@ def alembic_config(engine: Engine) -> Config:
     # any directory, and the URL always comes from Everlook's settings.
     cfg = Config()
     cfg.set_main_option("script_location", str(HERE))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # Alembic's config is a ConfigParser: a "%" in the URL (a folder named "50%", an
+    # escaped character in a password) must be doubled or it is read as interpolation.
+    url = engine.url.render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["engine"] = engine
     return cfg
 

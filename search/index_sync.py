@@ -164,11 +164,11 @@ class VectorIndex:
         """The store, told to search on the GPU when the options say so (a CUDA device
         and FAISS's GPU build: everlook.wiring)."""
         use_gpu = getattr(store, "use_gpu", None)
-        if self.options.gpu and use_gpu is not None:
+        if self.options.gpu is not None and use_gpu is not None:
             from search.gpu import faiss_gpu_available  # FAISS is loaded by now
 
             if faiss_gpu_available():
-                use_gpu()
+                use_gpu(self.options.gpu)
         return store
 
     def refresh(self) -> SyncReport:

@@ -93,3 +93,15 @@ def test_settings_the_cold_path_does_not_serve_leave_the_query_to_the_full_path(
     assert quick.text_search(QUERY, 4, None) is not None
     monkeypatch.setenv(*setting)
     assert quick.text_search(QUERY, 4, None) is None
+
+
+def test_a_catalog_the_cold_path_cannot_read_leaves_the_query_to_the_full_path(
+    indexed: Path, env: dict[str, str]
+):
+    from everlook import quick
+
+    db = Path(env["EVERLOOK_HOME"]) / "catalog.db"
+    for damage in (b"", b"not a database at all" * 200):
+        db.write_bytes(damage)
+        assert quick.text_search(QUERY, 4, None) is None
+    assert quick.text_search("-only -negatives", 4, None) is None

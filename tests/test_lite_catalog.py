@@ -113,3 +113,15 @@ def test_the_label_vocabulary_is_read_by_index_seeks_not_by_reading_every_label(
         full = Catalog(make_engine(f"sqlite:///{db}"))
         text = "a photo of imagenet label 3 and style label 12"
         assert lite.items_labelled_in(text) == full.items_labelled_in(text) != {}
+
+
+def test_a_catalog_in_a_folder_named_with_uri_characters_opens_read_only(tmp_path: Path):
+    import migrations
+
+    folder = tmp_path / "a#b c"
+    folder.mkdir()
+    migrations.ensure_head(make_engine(f"sqlite:///{folder / 'catalog.db'}"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with LiteCatalog(folder / "catalog.db") as lite:
+        assert lite.revision() == migrations.head()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing made elsewhere

@@ -57,6 +57,7 @@ SCENARIOS = [
     ({"EVERLOOK_DATABASE_URL": "sqlite:///{tmp}/elsewhere.db"},
      "# a comment\nEVERLOOK_HOME='{tmp}/quoted home'\nexport EVERLOOK_ARTWORK_MIN_SCORE=0.75\n"),
     ({"EVERLOOK_DATABASE_URL": "postgresql://u@h/db", "EVERLOOK_SPACES": '["clip"]'}, ""),
+    ({"EVERLOOK_HOME": "", "EVERLOOK_MODEL_DIR": ""}, ""),  # set but empty: "here"
     ({"EVERLOOK_MODEL_DIR": "{tmp}/weights", "EVERLOOK_DEVICE": "cpu"},
      "EVERLOOK_MODEL_DIR={tmp}/other\nEVERLOOK_CLIP_BACKEND=onnx\n"),
 ]  # fmt: skip
@@ -101,5 +102,14 @@ def test_a_setting_the_quick_reader_cannot_read_leaves_the_query_to_the_full_pat
 
     monkeypatch.chdir(tmp_path)
     for bad in ({"EVERLOOK_NEGATIVE_WEIGHT": "heavy"}, {"EVERLOOK_ARTWORK_MIN_SCORE": "3"},
-                {"EVERLOOK_SPACES": "clip,"}):  # fmt: skip
+                {"EVERLOOK_SPACES": "clip,"},
+                {"EVERLOOK_SPACES": '["clip", "bogus"]'}):  # fmt: skip
         assert QuickSettings.read(bad, tmp_path) is None
+
+
+def test_the_cuda_device_faiss_may_use_follows_the_device_setting():
+    from everlook.wiring import cuda_number
+
+    assert [cuda_number(d) for d in ("cpu", "auto", "cuda", "cuda:1", "mps")] == [
+        None, 0, 0, 1, None,
+    ]  # fmt: skip

@@ -33,7 +33,7 @@ class BuildOptions:
     recall: float = 0.97  # recall@10 the approximate index is tuned to reach
     nlist: int = 0  # inverted lists of the approximate index; 0: from the size
     seed: int = 0
-    gpu: bool = False  # a GPU may search (not EVERLOOK_DEVICE=cpu), if FAISS's GPU build is in
+    gpu: int | None = None  # the CUDA device that may search, if FAISS's GPU build is in
 
 
 class IndexUnusable(Exception):

@@ -10,6 +10,7 @@ or created in memory takes changes directly until its first save.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -64,6 +65,7 @@ class FaissStore:
         self._state = _State(index if index is not None else _flat(info.dim))
         self.dirty = index is not None  # built in memory: not on disk yet
         self._gpu: Any = None  # (device number, search.gpu.GpuMirror or None): use_gpu
+        self._gpu_lock = threading.Lock()
 
     @property
     def kind(self) -> str:
@@ -124,17 +126,20 @@ class FaissStore:
     ) -> list[list[tuple[int, float]]] | None:
         from search.gpu import GpuMirror
 
-        device_no, mirror = self._gpu
-        if mirror is None or mirror.cpu is not st.index:
-            mirror = GpuMirror(st.index, device_no)
-            self._gpu = (device_no, mirror)
+        with self._gpu_lock:  # one clone, even when several searches ask at once
+            device_no, mirror = self._gpu
+            if mirror is None or mirror.cpu is not st.index:
+                mirror = GpuMirror(st.index, device_no)
+                self._gpu = (device_no, mirror)
         got = mirror.search(q, k)
         if got is None:
             return None  # no GPU FAISS, k too large, a failed search: the CPU answers
-        return [
+        rows = [
             [(int(i), float(sc)) for i, sc in zip(ids, row, strict=True) if i != -1]
             for ids, row in zip(got[1], got[0], strict=True)
         ]
+        # The probed lists may hold fewer than k: the CPU path probes more, never short.
+        return rows if min(len(r) for r in rows) >= min(k, st.index.ntotal) else None
 
     def _changed(self) -> None:
         if self._gpu is not None and not self._state.mapped:
