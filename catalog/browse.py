@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import distinct, exists, func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from catalog.filters import Filters, conditions, matching_ids
+from catalog.filters import Filters, conditions, label_kinds, matching_ids
 from catalog.models import DetectionRow, Item, LabelRow, SegmentRow
 
 
@@ -24,7 +24,8 @@ class Browse:
             if filters.path_glob:  # matched in Python over bytes: the whole list
                 ids = [i for i in reversed(matching_ids(s, filters)) if below is None or i < below]
                 return ids[:limit]
-            stmt = select(Item.id).where(*conditions(filters))
+            kinds = label_kinds(s) if filters.labels else None
+            stmt = select(Item.id).where(*conditions(filters, kinds))
             if below is not None:
                 stmt = stmt.where(Item.id < below)
             return list(s.scalars(stmt.order_by(Item.id.desc()).limit(limit)))

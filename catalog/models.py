@@ -93,6 +93,7 @@ class FilePath(Base):
     """Where an item's bytes live. Size and mtime let a rescan skip unchanged files."""
 
     __tablename__ = "paths"
+    __table_args__ = (Index("ix_paths_mtime_item", "mtime_ns", "item_id"),)  # migration 0008
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
