@@ -10,7 +10,8 @@ Prints images/s for
 and c/ceiling, where the ceiling is 1 / (1/a + 1/p): model and decoding share the same
 cores, so the pipeline cannot beat the sum of their costs per image. All in one run, on
 the same machine state, with the backend the settings choose (ONNX Runtime on a CPU;
-EVERLOOK_CLIP_BACKEND=torch for PyTorch). Also prints the rate of the `everlook index`
+EVERLOOK_CLIP_BACKEND=torch for PyTorch, EVERLOOK_CPU_BF16=true for bfloat16 on a CPU
+with AMX; where the CPU has AMX, the other precision's (a) is measured beside). Also prints the rate of the `everlook index`
 command itself, process start and model load included (its ONNX export shared).
 
 ViT-B-32 gets random weights (same cost as real ones), saved where an offline user puts
@@ -176,8 +177,23 @@ def main() -> None:
         print(f"model: {emb.model_id}, input {emb.input_side}px, dim {emb.dim}, "
               f"backend {getattr(emb, 'backend', 'torch')}, {os.cpu_count()} cores")  # fmt: skip
 
+        from search.embedders.clip import cpu_has_amx_bf16
+
+        bf16 = bool(getattr(emb, "_images_by_torch", lambda: False)())
+        print("pictures run on: " + ("PyTorch in bfloat16 (AMX, parity gate passed)" if bf16
+              else f"{'ONNX Runtime' if getattr(emb, '_onnx_state', None) else 'PyTorch'} fp32"))
         print("(a) model only ...", flush=True)
         a, best_bs = model_only(emb, args.files)
+        other = None  # the other precision's (a), in the same run, where the CPU has AMX
+        if cpu_has_amx_bf16() and os.environ.get("EVERLOOK_CLIP_BACKEND", "auto") == "auto":
+            flag = "false" if bf16 else "true"
+            print(f"(a) model only, EVERLOOK_CPU_BF16={flag} ...", flush=True)
+            os.environ["EVERLOOK_CPU_BF16"] = flag
+            e2 = Parts(Settings()).embedder
+            e2.embed_images([Image.new("RGB", (64, 48))])
+            other = ("fp32" if bf16 else "bf16", model_only(e2, args.files)[0])
+            os.environ["EVERLOOK_CPU_BF16"] = "true" if bf16 else "false"
+            del e2
         print("(p) preparation only ...", flush=True)
         pipe = parts.pipeline()
         workers = parts.settings.decode_workers or os.cpu_count() or 2
@@ -211,6 +227,10 @@ def main() -> None:
     ceiling = 1 / (1 / a + 1 / p)
     print()
     print(f"(a) model only, batch {best_bs}:        {a:7.2f} images/s")
+    if other is not None:
+        bf, fp = (a, other[1]) if bf16 else (other[1], a)
+        print(f"    {other[0]} model only (same run):      {other[1]:7.2f} images/s  "
+              f"(bf16/fp32 {bf / fp:.2f}x)")
     print(f"(p) preparation only, {workers} threads:  {p:7.2f} images/s")
     print(f"    2-core ceiling 1/(1/a + 1/p):    {ceiling:7.2f} images/s")
     print(f"(b) naive loop, batch 1, full decode: {b:7.2f} images/s")

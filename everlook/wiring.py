@@ -81,7 +81,8 @@ class Parts:
         if space == "imagebind":
             extra = {"cache_dir": s.models_cache / "imagebind"}
         elif space == "clip":  # what runs it, not what it computes: not stored
-            extra = {"cache_dir": s.models_cache, "backend": s.clip_backend}
+            extra = {"cache_dir": s.models_cache, "backend": s.clip_backend,
+                     "cpu_bf16": s.cpu_bf16}  # fmt: skip
         return embedders.create(space, **args, model_dir=s.model_dir, device=s.device, **extra)
 
     @property

@@ -105,6 +105,9 @@ def env(
         "EVERLOOK_CLIP_PRETRAINED": TINY_TAG,
         "EVERLOOK_DEVICE": "cpu",
         "EVERLOOK_BATCH_SIZE": "8",
+        # The same code paths whether or not the CPU running the suite has AMX: bf16
+        # pictures are tested on their own (tests/test_cpu_bf16.py).
+        "EVERLOOK_CPU_BF16": "false",
         # Enrichment stages are opted into by the tests about them (tests/test_stages.py),
         # so the core tests measure the core.
         "EVERLOOK_STAGES": "[]",
