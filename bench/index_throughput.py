@@ -11,8 +11,10 @@ and c/ceiling, where the ceiling is 1 / (1/a + 1/p): model and decoding share th
 cores, so the pipeline cannot beat the sum of their costs per image. All in one run, on
 the same machine state, with the backend the settings choose (ONNX Runtime on a CPU;
 EVERLOOK_CLIP_BACKEND=torch for PyTorch, EVERLOOK_CPU_BF16=true for bfloat16 on a CPU
-with AMX; where the CPU has AMX, the other precision's (a) is measured beside). Also prints the rate of the `everlook index`
-command itself, process start and model load included (its ONNX export shared).
+with AMX; where the CPU has AMX, the other precision's (a) is measured last). Also prints
+the rate of the `everlook index` command itself, process start and model load included
+(its ONNX export shared), and the fp32 bound: the image tower's GFLOP per picture
+against this machine's fp32 matrix-multiply rate.
 
 ViT-B-32 gets random weights (same cost as real ones), saved where an offline user puts
 real weights and loaded through the same path. Usage:
@@ -140,6 +142,35 @@ def naive(embedder, files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - t)
 
 
+def fp32_ceiling() -> tuple[float, float]:
+    """(GFLOP per picture of the image tower, fp32 matrix-multiply GFLOP/s on every core):
+    their ratio bounds what any fp32 runtime can reach here (the tower is ~all matmuls)."""
+    import statistics
+
+    import open_clip
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = open_clip.create_model(MODEL, pretrained=None).eval()
+    # Without the fused attention fast path, whose kernel the counter does not see (it
+    # would miss the attention projections, a third of the cost).
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.encode_image(torch.zeros(1, 3, 224, 224))
+    torch.backends.mha.set_fastpath_enabled(before)
+    per_picture = fc.get_total_flops() / 1e9
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return per_picture, 2 * 2048**3 / statistics.median(times) / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=64)
@@ -177,23 +208,17 @@ def main() -> None:
         print(f"model: {emb.model_id}, input {emb.input_side}px, dim {emb.dim}, "
               f"backend {getattr(emb, 'backend', 'torch')}, {os.cpu_count()} cores")  # fmt: skip
 
-        from search.embedders.clip import cpu_has_amx_bf16
-
         bf16 = bool(getattr(emb, "_images_by_torch", lambda: False)())
-        print("pictures run on: " + ("PyTorch in bfloat16 (AMX, parity gate passed)" if bf16
-              else f"{'ONNX Runtime' if getattr(emb, '_onnx_state', None) else 'PyTorch'} fp32"))
+        print(
+            "pictures run on: "
+            + (
+                "PyTorch in bfloat16 (AMX, parity gate passed)"
+                if bf16
+                else f"{'ONNX Runtime' if getattr(emb, '_onnx_state', None) else 'PyTorch'} fp32"
+            )
+        )
         print("(a) model only ...", flush=True)
         a, best_bs = model_only(emb, args.files)
-        other = None  # the other precision's (a), in the same run, where the CPU has AMX
-        if cpu_has_amx_bf16() and os.environ.get("EVERLOOK_CLIP_BACKEND", "auto") == "auto":
-            flag = "false" if bf16 else "true"
-            print(f"(a) model only, EVERLOOK_CPU_BF16={flag} ...", flush=True)
-            os.environ["EVERLOOK_CPU_BF16"] = flag
-            e2 = Parts(Settings()).embedder
-            e2.embed_images([Image.new("RGB", (64, 48))])
-            other = ("fp32" if bf16 else "bf16", model_only(e2, args.files)[0])
-            os.environ["EVERLOOK_CPU_BF16"] = "true" if bf16 else "false"
-            del e2
         print("(p) preparation only ...", flush=True)
         pipe = parts.pipeline()
         workers = parts.settings.decode_workers or os.cpu_count() or 2
@@ -224,13 +249,39 @@ def main() -> None:
         wall = time.perf_counter() - t
         inner = json.loads(res.stdout)["seconds"]
 
+    other = None  # the other precision's (a), where the CPU has AMX: measured last, so that
+    # a second runtime's threads never share the machine with (b), (c) or the command
+    from search.embedders.clip import cpu_has_amx_bf16
+
+    if cpu_has_amx_bf16() and os.environ.get("EVERLOOK_CLIP_BACKEND", "auto") == "auto":
+        with tempfile.TemporaryDirectory() as home:
+            (Path(home) / "models").mkdir()
+            (Path(home) / "models" / "onnx").symlink_to(onnx)
+            flag = "false" if bf16 else "true"
+            print(f"(a) model only, EVERLOOK_CPU_BF16={flag} ...", flush=True)
+            os.environ.update(EVERLOOK_HOME=home, EVERLOOK_CPU_BF16=flag)
+            e2 = Parts(Settings()).embedder
+            e2.embed_images([Image.new("RGB", (64, 48))])
+            other = ("fp32" if bf16 else "bf16", model_only(e2, args.files)[0])
+            del e2
+
+    per_picture, peak = fp32_ceiling()
     ceiling = 1 / (1 / a + 1 / p)
     print()
+    a_max = peak / per_picture
+    print(
+        f"fp32 bound: the image tower costs {per_picture:.2f} GFLOP a picture; fp32 matmul "
+        f"peaks at {peak:.0f} GFLOP/s here, so no fp32 runtime passes {a_max:.1f} img/s, "
+        f"and the fp32 pipeline none of 1/(1/{a_max:.1f} + 1/p) = "
+        f"{1 / (1 / a_max + 1 / p):.1f} img/s"
+    )
     print(f"(a) model only, batch {best_bs}:        {a:7.2f} images/s")
     if other is not None:
         bf, fp = (a, other[1]) if bf16 else (other[1], a)
-        print(f"    {other[0]} model only (same run):      {other[1]:7.2f} images/s  "
-              f"(bf16/fp32 {bf / fp:.2f}x)")
+        print(
+            f"    {other[0]} model only (same run):      {other[1]:7.2f} images/s  "
+            f"(bf16/fp32 {bf / fp:.2f}x)"
+        )
     print(f"(p) preparation only, {workers} threads:  {p:7.2f} images/s")
     print(f"    2-core ceiling 1/(1/a + 1/p):    {ceiling:7.2f} images/s")
     print(f"(b) naive loop, batch 1, full decode: {b:7.2f} images/s")
