@@ -44,7 +44,7 @@ def test_packages_import_only_what_the_design_allows():
 
 def test_every_setting_is_in_the_readme_configuration_table():
     readme = (REPO / "README.md").read_text()
-    rows = set(re.findall(r"^\| `(EVERLOOK_[A-Z_]+)` \|", readme, flags=re.M))
+    rows = set(re.findall(r"^\| `(EVERLOOK_[A-Z0-9_]+)` \|", readme, flags=re.M))
     expected = {f"EVERLOOK_{name.upper()}" for name in Settings.model_fields}
     assert expected - rows == set(), "settings missing from the README table"
     assert rows - expected == set(), "README documents settings that do not exist"
