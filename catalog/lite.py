@@ -80,15 +80,6 @@ class LiteCatalog:
         rows = self._all("SELECT active_model_id, active_args FROM spaces WHERE name = ?", (space,))
         return (str(rows[0][0]), json.loads(rows[0][1])) if rows else None
 
-    def embeddings_mark(self, space: str, model_id: str) -> tuple[int, int, datetime | None]:
-        """As Catalog.embeddings_mark: (count, highest row id, newest created_at)."""
-        n, top, newest = self._all(
-            "SELECT count(*), max(id), max(created_at) FROM embeddings "
-            "WHERE space = ? AND model_id = ?",
-            (space, model_id),
-        )[0]
-        return int(n), int(top or 0), _time(newest)
-
     def items_labelled_in(self, text: str, kind: str = "imagenet") -> dict[int, float]:
         """As Catalog.items_labelled_in: items whose stored label of this kind the text
         names as a whole phrase -> the best such label's score."""

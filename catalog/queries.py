@@ -211,23 +211,12 @@ class Catalog:
             row = s.execute(stmt.order_by(Embedding.created_at.desc())).first()
             return (row[0], row[1]) if row else None
 
-    def embeddings_mark(self, space: str, model_id: str) -> tuple[int, int, datetime | None]:
-        """(count, highest row id, newest created_at) of a model's embeddings: moves
-        whenever one is added, removed or replaced (SQLite may reuse the id of a deleted
-        newest row; the new row is still newer), for one indexed aggregate query."""
-        with self.Session() as s:
-            n, top, newest = s.execute(
-                select(func.count(), func.max(Embedding.id), func.max(Embedding.created_at))
-                .where(Embedding.space == space, Embedding.model_id == model_id)
-            ).one()  # fmt: skip
-            return int(n), int(top or 0), newest
-
     def embeddings_table_mark(self) -> tuple[int, int, datetime | None]:
         """(rows, highest row id, that row's created_at) over the whole embeddings table:
         moves whenever any vector is added or removed, or re-added under a reused row id.
         Cheap at any size: SQLite counts a table from its smallest index (~25 ms at a
-        million rows) and the highest id is one primary-key step; embeddings_mark's
-        max(created_at), which no index covers, reads every row (4-6 s at a million)."""
+        million rows) and the highest id is one primary-key step; a max(created_at),
+        which no index covers, would read every row (4-6 s at a million)."""
         with self.Session() as s:
             rows = s.scalar(select(func.count()).select_from(Embedding)) or 0
             last = s.execute(

@@ -20,9 +20,6 @@ def test_the_lite_reader_answers_as_the_catalog_does_on_an_enriched_library(demo
         active = full.spaces.active("clip")
         assert active is not None
         assert lite.active_model("clip") == (active.model_id, active.args)
-        assert lite.embeddings_mark("clip", active.model_id) == full.embeddings_mark(
-            "clip", active.model_id
-        )
         assert lite.embeddings_table_mark() == full.embeddings_table_mark()
         ids = sorted(full.embedding_ids("clip", active.model_id))
         assert len(ids) > 20

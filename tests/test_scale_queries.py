@@ -226,8 +226,19 @@ def test_search_filters_seek_indexes_and_admit_what_they_say(parts):
             mtime = int((day + timedelta(days=40 - i)).timestamp() * 1e9)
             s.add(FilePath(item_id=i, path=f"/p/{i}.jpg", size=1, mtime_ns=mtime))
             for _ in range(i % 4):  # 0..3 dogs, the third one unsure
-                s.add(DetectionRow(item_id=i, stage="detect", model_id="y", label="dog",
-                                   confidence=0.9 if _ < 2 else 0.2, x0=0, y0=0, x1=1, y1=1))
+                s.add(
+                    DetectionRow(
+                        item_id=i,
+                        stage="detect",
+                        model_id="y",
+                        label="dog",
+                        confidence=0.9 if _ < 2 else 0.2,
+                        x0=0,
+                        y0=0,
+                        x1=1,
+                        y1=1,
+                    )
+                )
             if i % 5 == 0:
                 s.add(SegmentRow(item_id=i, stage="seg", model_id="s", label="sky",
                                  is_thing=False, area=0.5, score=1.0))  # fmt: skip

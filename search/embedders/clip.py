@@ -170,9 +170,9 @@ class OpenClipEmbedder(LazyModel[Parts]):
         if self._bf16_images is None:
             on_cpu = self.backend == "auto" and self.quantize == "none" and self.cpu_bf16
             if on_cpu and cpu_has_amx_bf16() and str(self.device) == "cpu":
-                from search.gpu import input_dtype
-
                 import torch
+
+                from search.gpu import input_dtype
 
                 self._bf16_images = input_dtype(self.load()[0]) == torch.bfloat16
                 if self._bf16_images:  # the first query after indexing then needs no torch
@@ -305,6 +305,7 @@ class OpenClipEmbedder(LazyModel[Parts]):
         from search.embedders.clip_export import export_tower
 
         self.load()
+        assert self._fp32 is not None  # set by the load
         model, _, tokenize = self._fp32  # never the half-precision copy
         onnx = self._onnx()
         assert onnx is not None
