@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,22 +32,65 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
+# pg_advisory_lock's key for "migrating this database": any constant; this one spells
+# "EVLKMIGR" in ASCII, so it is recognisable in pg_locks.
+PG_LOCK_KEY = 0x45564C4B4D494752
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to revision, one process at a time (see migration_lock)."""
     from alembic import command
 
-    command.upgrade(alembic_config(engine), revision)
+    with migration_lock(engine):
+        command.upgrade(alembic_config(engine), revision)
 
 
 def ensure_head(engine: Engine) -> bool:
-    """Bring the catalog to the newest revision; True when migrations ran.
+    """Bring the catalog to the newest revision; True when this call ran migrations.
 
     Every command opens the catalog, and importing and running Alembic costs ~0.3 s of
     a command's start-up (more than a whole warm query): when the stored revision is
-    already the head, one SELECT answers and Alembic is never imported."""
+    already the head, one SELECT answers and Alembic is never imported. Processes that
+    find it behind queue on the migration lock; the first migrates, the others find the
+    head when their turn comes."""
     if stored_revision(engine) == head():
         return False
-    upgrade(engine)
+    from alembic import command
+
+    with migration_lock(engine):
+        if stored_revision(engine) == head():
+            return False  # another process migrated while this one waited
+        command.upgrade(alembic_config(engine), "head")
     return True
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Held while migrating, across processes and machines: on PostgreSQL a session
+    advisory lock (released by the server if the process dies), on a SQLite file an
+    OS lock on a file beside it (released by the OS likewise). Without it, processes
+    that open a new catalog together each create the tables, and all but one fail."""
+    name = engine.dialect.name
+    if name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_LOCK_KEY})
+            conn.commit()  # the lock is the session's, not the transaction's
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+                conn.commit()
+        return
+    db = engine.url.database if name == "sqlite" else None
+    if not db or db == ":memory:" or db.startswith("file:"):
+        yield  # nothing another process could open at the same time
+        return
+    from filelock import FileLock
+
+    with FileLock(f"{db}.migrate.lock"):
+        yield
 
 
 def stored_revision(engine: Engine) -> str | None:
