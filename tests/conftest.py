@@ -91,8 +91,33 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def catalog_backend() -> str:
+    """Where the test's catalog lives: "sqlite" (a file in its home), or "postgresql" (a
+    database of its own on the session's server) where a test module asks for both
+    with ``pytestmark = pytest.mark.both_catalogs``."""
+    return "sqlite"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked both_catalogs (a module's pytestmark) run once per catalog backend,
+    those that set up a catalog through the env fixture; sqlite_only ones stay on SQLite."""
+    node = metafunc.definition
+    if (
+        "catalog_backend" in metafunc.fixturenames
+        and node.get_closest_marker("both_catalogs")
+        and not node.get_closest_marker("sqlite_only")
+    ):
+        metafunc.parametrize("catalog_backend", ["sqlite", "postgresql"])
+
+
+@pytest.fixture
 def env(
-    model_dir: Path, onnx_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_dir: Path,
+    onnx_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    catalog_backend: str,
+    request: pytest.FixtureRequest,
 ) -> dict[str, str]:
     """Settings for one test: its own data dir, the tiny model (run as by default: ONNX
     Runtime on the CPU, from the session's shared export). Returns the env vars."""
@@ -112,6 +137,8 @@ def env(
         # so the core tests measure the core.
         "EVERLOOK_STAGES": "[]",
     }
+    if catalog_backend == "postgresql":
+        values["EVERLOOK_DATABASE_URL"] = request.getfixturevalue("pg_url")
     only_these_settings(monkeypatch, values)
     monkeypatch.chdir(tmp_path)  # no stray .env from the repo
     return values

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.api_support import Api, demo_api, error_of
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_catalogs]
 
 
 @pytest.fixture(scope="module")

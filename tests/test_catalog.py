@@ -12,6 +12,8 @@ from catalog import Catalog, FilePath, Item, make_engine
 from everlook.settings import Settings
 from everlook.wiring import open_catalog
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
 
 @pytest.fixture
 def catalog(env) -> Catalog:
@@ -63,6 +65,7 @@ def test_paths_stored_as_text_by_an_older_catalog_still_match_after_upgrade(tmp_
     assert cat.item_id_for_path("/lib/photos/b.jpg") == 1
 
 
+@pytest.mark.sqlite_only(reason="SQLite's journal mode and pragmas")
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(catalog: Catalog):
     with catalog.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"

@@ -18,6 +18,9 @@ from search.index_sync import VectorIndex
 from search.vectors import IndexInfo
 
 N, DIM = 3000, 16
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
+
 MODEL = "test/filters"
 
 

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from tests.helpers import make_library, picture, save
+
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
 
 
 class CountingEmbedder:

@@ -6,10 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from search.engine import LABEL_BOOST, SearchEngine
 from search.query import Cursor
 from search.vectors import IndexInfo, create
+
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
 
 DIM = 64
 

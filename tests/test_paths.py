@@ -16,6 +16,9 @@ from tests.test_watch import Watching, watching  # noqa: F401  (fixture)
 
 # A Latin-1 "é" on its own is not valid UTF-8: the kind of name an archive copied from
 # an old system carries. Python hands it around as a lone surrogate (PEP 383).
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
+
 RAW_NAME = b"caf\xe9 \xff photo.jpg"
 
 

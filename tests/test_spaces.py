@@ -16,6 +16,9 @@ SEED0 = "open_clip/everlook-tiny/seed0"
 SEED1 = "open_clip/everlook-tiny/seed1"
 
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
+
 def with_imagebind(monkeypatch: pytest.MonkeyPatch) -> Any:
     from everlook.settings import Settings
     from everlook.wiring import Parts

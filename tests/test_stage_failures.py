@@ -7,9 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from indexer.stages import StageRunner
 from tests.helpers import make_library
 from tests.test_stages import Spy, make_parts, statuses
+
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
 
 
 def test_a_stage_failing_on_one_item_is_recorded_retried_and_blocks_nothing_else(

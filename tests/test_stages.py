@@ -15,6 +15,9 @@ from catalog.results import StageOutput
 from indexer.stages import Stage, Work
 from tests.helpers import make_library
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
+
 ALL = ["detect/yolo", "style", "labels"]
 
 

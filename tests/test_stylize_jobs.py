@@ -19,6 +19,9 @@ from PIL import Image
 
 from tests.helpers import jpeg_bytes, make_library, picture
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
+
 SMALL = {"EVERLOOK_STYLIZE_WEIGHTS": "random", "EVERLOOK_STYLIZE_SIDE": "48",
          "EVERLOOK_STYLIZE_STEPS": "6", "EVERLOOK_STYLIZE_PREVIEW_EVERY": "2"}  # fmt: skip
 

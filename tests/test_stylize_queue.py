@@ -13,6 +13,9 @@ import pytest
 from catalog import Catalog, NewItem, make_engine
 from catalog.stylejobs import JobStateError, QueueFull, StyleQueue, new_owner
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
+
 SETTINGS = {"side": 64, "steps": 10}
 
 
