@@ -27,8 +27,8 @@ def amx(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
 
 
-def embedder(tmp_path: Path, **kw: Any) -> OpenClipEmbedder:
-    return OpenClipEmbedder(DEMO, DEMO_TAG, device="cpu", cache_dir=tmp_path / "models", **kw)
+def embedder(tmp_path: Path, device: str = "cpu", **kw: Any) -> OpenClipEmbedder:
+    return OpenClipEmbedder(DEMO, DEMO_TAG, device=device, cache_dir=tmp_path / "models", **kw)
 
 
 def pictures() -> list[Any]:
@@ -39,12 +39,17 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def test_pictures_run_in_bf16_where_amx_is_and_agree_with_fp32(amx: None, tmp_path: Path):
+@pytest.mark.parametrize("device", ["cpu", "auto"])  # auto: the default setting
+def test_pictures_run_in_bf16_where_amx_is_and_agree_with_fp32(
+    amx: None, tmp_path: Path, device: str, monkeypatch: pytest.MonkeyPatch
+):
     import torch
 
     from search.gpu import input_dtype
 
-    fast = embedder(tmp_path, cpu_bf16=True)
+    if device == "auto":  # as on a machine without a GPU, wherever the suite runs
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fast = embedder(tmp_path, device=device, cpu_bf16=True)
     got = fast.embed_images(pictures())
     assert fast._images_by_torch()
     assert input_dtype(fast.load()[0]) == torch.bfloat16

@@ -168,8 +168,9 @@ class OpenClipEmbedder(LazyModel[Parts]):
         """With backend auto on a CPU with AMX, pictures go to PyTorch in bf16 when it
         passed its parity gate (text queries stay on ONNX Runtime: no torch to start)."""
         if self._bf16_images is None:
-            on_cpu = self.backend == "auto" and self.quantize == "none" and self.cpu_bf16
-            if on_cpu and cpu_has_amx_bf16() and str(self.device) == "cpu":
+            wanted = self.backend == "auto" and self.quantize == "none" and self.cpu_bf16
+            # The device may still read "auto" here (it settles when the model loads).
+            if wanted and cpu_has_amx_bf16() and not self._on_gpu():
                 import torch
 
                 from search.gpu import input_dtype
