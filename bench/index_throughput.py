@@ -142,6 +142,15 @@ def naive(embedder, files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - t)
 
 
+def _precision(emb) -> str:
+    """What the embedder's image tower runs in, from its weights (ONNX Runtime: fp32)."""
+    if not getattr(emb, "_images_by_torch", lambda: False)() and getattr(emb, "_onnx_state", None):
+        return "fp32"
+    from search.gpu import input_dtype
+
+    return str(input_dtype(emb.model)).replace("torch.", "").replace("bfloat16", "bf16")
+
+
 def fp32_ceiling() -> tuple[float, float]:
     """(GFLOP per picture of the image tower, fp32 matrix-multiply GFLOP/s on every core):
     their ratio bounds what any fp32 runtime can reach here (the tower is ~all matmuls)."""
@@ -208,15 +217,9 @@ def main() -> None:
         print(f"model: {emb.model_id}, input {emb.input_side}px, dim {emb.dim}, "
               f"backend {getattr(emb, 'backend', 'torch')}, {os.cpu_count()} cores")  # fmt: skip
 
-        bf16 = bool(getattr(emb, "_images_by_torch", lambda: False)())
-        print(
-            "pictures run on: "
-            + (
-                "PyTorch in bfloat16 (AMX, parity gate passed)"
-                if bf16
-                else f"{'ONNX Runtime' if getattr(emb, '_onnx_state', None) else 'PyTorch'} fp32"
-            )
-        )
+        bf16 = _precision(emb) == "bf16"
+        by_ort = _precision(emb) == "fp32" and getattr(emb, "_onnx_state", None)
+        print(f"pictures run on: {'ONNX Runtime' if by_ort else 'PyTorch'} {_precision(emb)}")
         print("(a) model only ...", flush=True)
         a, best_bs = model_only(emb, args.files)
         print("(p) preparation only ...", flush=True)
@@ -262,7 +265,7 @@ def main() -> None:
             os.environ.update(EVERLOOK_HOME=home, EVERLOOK_CPU_BF16=flag)
             e2 = Parts(Settings()).embedder
             e2.embed_images([Image.new("RGB", (64, 48))])
-            other = ("fp32" if bf16 else "bf16", model_only(e2, args.files)[0])
+            other = (_precision(e2), model_only(e2, args.files)[0])
             del e2
 
     per_picture, peak = fp32_ceiling()
@@ -277,11 +280,9 @@ def main() -> None:
     )
     print(f"(a) model only, batch {best_bs}:        {a:7.2f} images/s")
     if other is not None:
-        bf, fp = (a, other[1]) if bf16 else (other[1], a)
-        print(
-            f"    {other[0]} model only (same run):      {other[1]:7.2f} images/s  "
-            f"(bf16/fp32 {bf / fp:.2f}x)"
-        )
+        mine = "bf16" if bf16 else "fp32"
+        ratio = f"{other[0]}/{mine} {other[1] / a:.2f}x"
+        print(f"    {other[0]} model only (same run):      {other[1]:7.2f} images/s  ({ratio})")
     print(f"(p) preparation only, {workers} threads:  {p:7.2f} images/s")
     print(f"    2-core ceiling 1/(1/a + 1/p):    {ceiling:7.2f} images/s")
     print(f"(b) naive loop, batch 1, full decode: {b:7.2f} images/s")

@@ -41,6 +41,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to revision, one process at a time (see migration_lock)."""
     from alembic import command
 
+    if revision == "head" and stored_revision(engine) == head():
+        return  # nothing to do: no lock (a catalog in a read-only folder opens as before)
     with migration_lock(engine):
         command.upgrade(alembic_config(engine), revision)
 
@@ -74,23 +76,36 @@ def migration_lock(engine: Engine) -> Iterator[None]:
     if name == "postgresql":
         from sqlalchemy import text
 
-        with engine.connect() as conn:
+        # Autocommit: the lock is the session's, and no transaction stays open while it
+        # waits (one would block a later CREATE INDEX CONCURRENTLY of another process).
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_LOCK_KEY})
-            conn.commit()  # the lock is the session's, not the transaction's
             try:
                 yield
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
-                conn.commit()
         return
-    db = engine.url.database if name == "sqlite" else None
-    if not db or db == ":memory:" or db.startswith("file:"):
-        yield  # nothing another process could open at the same time
+    path = _sqlite_file(engine) if name == "sqlite" else None
+    if path is None:
+        yield  # in memory: nothing another process could open at the same time
         return
     from filelock import FileLock
 
-    with FileLock(f"{db}.migrate.lock"):
+    # Writable by whoever may write the catalog itself (the umask still applies).
+    with FileLock(f"{path}.migrate.lock", mode=0o666):
         yield
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The file a SQLite engine opens: a path, or a ``file:`` URI's path; None in memory."""
+    db = engine.url.database
+    if not db or db == ":memory:":
+        return None
+    if db.startswith("file:"):  # SQLAlchemy keeps the URI's query apart from the path
+        path = db[len("file:") :].partition("?")[0]
+        memory = engine.url.query.get("mode") == "memory" or path in ("", ":memory:")
+        return None if memory else path
+    return db
 
 
 def stored_revision(engine: Engine) -> str | None:

@@ -138,7 +138,7 @@ def env(
         "EVERLOOK_STAGES": "[]",
     }
     if catalog_backend == "postgresql":
-        values["EVERLOOK_DATABASE_URL"] = request.getfixturevalue("pg_url")
+        values["EVERLOOK_DATABASE_URL"] = catalog_url(catalog_backend, Path(), request)
     only_these_settings(monkeypatch, values)
     monkeypatch.chdir(tmp_path)  # no stray .env from the repo
     return values
@@ -243,11 +243,24 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         srv.cleanup()
 
 
-@pytest.fixture
-def pg_url(postgres: Any) -> str:
-    """A new, empty database of that server for one test, as a SQLAlchemy URL."""
+def new_pg_database(server: Any) -> str:
+    """A new, empty database on the session's server, as a SQLAlchemy URL."""
     import uuid
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    postgres.psql(f"CREATE DATABASE {name};")
-    return f"postgresql+psycopg://postgres@/{name}?host={postgres.pgdata}"
+    server.psql(f"CREATE DATABASE {name};")
+    return f"postgresql+psycopg://postgres@/{name}?host={server.pgdata}"
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """A new, empty database of that server for one test."""
+    return new_pg_database(postgres)
+
+
+def catalog_url(backend: str, sqlite_file: Path, request: pytest.FixtureRequest) -> str:
+    """For fixtures that build their own catalog: a SQLite file, or a new PostgreSQL
+    database of the session's server."""
+    if backend == "postgresql":
+        return new_pg_database(request.getfixturevalue("postgres"))
+    return f"sqlite:///{sqlite_file}"

@@ -72,6 +72,7 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(catalog: Catalog):
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
+@pytest.mark.sqlite_only(reason="sets a SQLite URL of its own")
 def test_database_url_setting_is_used(env, tmp_path: Path, monkeypatch):
     db = tmp_path / "elsewhere" / "cat.sqlite"
     monkeypatch.setenv("EVERLOOK_DATABASE_URL", f"sqlite:///{db}")

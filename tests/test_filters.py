@@ -18,8 +18,6 @@ from search.index_sync import VectorIndex
 from search.vectors import IndexInfo
 
 N, DIM = 3000, 16
-pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
-
 
 MODEL = "test/filters"
 
@@ -30,13 +28,16 @@ class NoEmbedder:
     dim = DIM
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchEngine, np.ndarray]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])  # every test on both
+def world(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> tuple[SearchEngine, np.ndarray]:
     import migrations
     from catalog import make_engine
+    from tests.conftest import catalog_url
 
     base = tmp_path_factory.mktemp("filters")
-    engine = make_engine(f"sqlite:///{base / 'catalog.db'}")
+    engine = make_engine(catalog_url(request.param, base / "catalog.db", request))
     migrations.upgrade(engine)
     cat = Catalog(engine)
     rng = np.random.default_rng(3)

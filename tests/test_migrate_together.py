@@ -60,3 +60,34 @@ def test_four_processes_opening_a_new_catalog_make_its_schema_once(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     engine.dispose()
+
+
+def test_a_catalog_at_head_is_opened_without_the_lock(tmp_path: Path):
+    """No lock file where there is nothing to migrate: a catalog in a folder the user
+    may only read opens as before."""
+    db = tmp_path / "c.db"
+    engine = make_engine(f"sqlite:///{db}")
+    migrations.upgrade(engine)
+    lock = Path(f"{db}.migrate.lock")
+    lock.unlink()
+    migrations.upgrade(engine)
+    assert migrations.ensure_head(engine) is False
+    assert not lock.exists()
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "locked"),
+    [
+        ("sqlite:////data/c.db", "/data/c.db"),
+        ("sqlite:///rel/c.db", "rel/c.db"),
+        ("sqlite:///file:/data/c.db?mode=rwc&uri=true", "/data/c.db"),
+        ("sqlite:///file:mem1?mode=memory&cache=shared&uri=true", None),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+    ],
+)
+def test_the_lock_file_sits_beside_the_file_the_engine_opens(url: str, locked: str | None):
+    from sqlalchemy import create_engine
+
+    assert migrations._sqlite_file(create_engine(url)) == locked

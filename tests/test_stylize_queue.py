@@ -20,10 +20,11 @@ SETTINGS = {"side": 64, "steps": 10}
 
 
 @pytest.fixture
-def cat(tmp_path: Path) -> Catalog:
+def cat(tmp_path: Path, catalog_backend: str, request: pytest.FixtureRequest) -> Catalog:
     import migrations
+    from tests.conftest import catalog_url
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    engine = make_engine(catalog_url(catalog_backend, tmp_path / "c.db", request))
     migrations.upgrade(engine)
     return Catalog(engine)
 
