@@ -286,6 +286,23 @@ class Catalog:
             )
             return list(s.scalars(stmt))
 
+    def embedding_ids_page(
+        self, space: str, model_id: str, after: int | None, limit: int | None,
+        upto: int | None = None,
+    ) -> list[int]:  # fmt: skip
+        """Item ids of a model's vectors in (after, upto], in order, at most limit: a
+        seek on the (space, model, item) index per page."""
+        with self.Session() as s:
+            stmt = select(Embedding.item_id).where(
+                Embedding.space == space, Embedding.model_id == model_id
+            )
+            if after is not None:
+                stmt = stmt.where(Embedding.item_id > after)
+            if upto is not None:
+                stmt = stmt.where(Embedding.item_id <= upto)
+            stmt = stmt.order_by(Embedding.item_id)
+            return list(s.scalars(stmt.limit(limit) if limit is not None else stmt))
+
     def iter_embeddings(
         self, space: str, model_id: str, batch: int = 4096, only: Sequence[int] | None = None
     ) -> Iterator[list[tuple[int, bytes]]]:

@@ -66,6 +66,7 @@ class QuickSettings:
     spaces: tuple[str, ...]
     model_dir: Path | None
     device: str
+    vector_backend: str = "faiss"
 
     @classmethod
     def read(
@@ -85,6 +86,8 @@ class QuickSettings:
             return None
         if not set(spaces) <= {"clip", "imagebind"}:
             return None  # Settings refuses it: the full path reports that
+        if raw.get("vector_backend", "faiss") not in ("faiss", "milvus"):
+            return None
         if not (0.0 <= weight <= 2.0 and 0.0 <= artwork <= 1.0) or "clip" not in spaces:
             return None
         return cls(
@@ -96,6 +99,7 @@ class QuickSettings:
             spaces=spaces,
             model_dir=Path(raw["model_dir"]) if "model_dir" in raw else None,
             device=raw.get("device", "auto"),
+            vector_backend=raw.get("vector_backend", "faiss"),
         )
 
     @property
@@ -123,6 +127,8 @@ def text_search(text: str, k: int, min_score: float | None) -> list[dict[str, An
     db = qs.sqlite_file if qs is not None else None
     if qs is None or db is None or qs.clip_backend == "torch" or not db.is_file():
         return None
+    if qs.vector_backend != "faiss":
+        return None  # vectors on a server (Milvus): the full path connects to it
     from everlook.lock import running_server
 
     if running_server(qs.home) is not None:

@@ -106,6 +106,22 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Inverted lists of the approximate index; 0: 2 x "
         "sqrt(vectors), a power of two.",
     )  # fmt: skip
+    vector_backend: Literal["faiss", "milvus"] = Field(
+        default="faiss", description="Where the vectors are searched: faiss (index files in "
+        "the home folder) or milvus (a Milvus server many machines share; the milvus extra).",
+    )  # fmt: skip
+    milvus_uri: str = Field(
+        default="", description="Milvus to use with EVERLOOK_VECTOR_BACKEND=milvus: "
+        "http://host:19530 (standalone, cluster, `milvus-lite server`) or a local .db file.",
+    )  # fmt: skip
+    milvus_token: SecretStr | None = Field(
+        default=None, description="Milvus credentials (user:password, or an API key)."
+    )
+    milvus_collection: str = Field(
+        default="everlook", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Prefix of the Milvus collection aliases (one per space and model); "
+        "libraries sharing a Milvus need different ones.",
+    )  # fmt: skip
 
     spaces: list[str] = Field(
         default_factory=lambda: ["clip"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from catalog import Catalog, make_engine
@@ -54,11 +55,28 @@ class Parts:
             emb, target = self.build_embedder(name, active.args), configured
         info = IndexInfo(model_id=emb.model_id, dim=emb.dim)
         s = self.settings
-        path = s.index_dir / f"{name}.faiss"
         options = BuildOptions(s.index_exact_max, s.index_recall, s.index_nlist,
                                gpu=cuda_number(s.device))  # fmt: skip
-        index = VectorIndex(self.catalog, "faiss", path, name, info, options)
+        path, where = self.index_location(name, info.model_id)
+        index = VectorIndex(self.catalog, s.vector_backend, path, name, info,
+                            options, where)  # fmt: skip
         return Space(name, emb, index, target)
+
+    def index_location(self, space: str, model_id: str) -> tuple[Path, dict[str, Any]]:
+        """A space's index file, and where its vectors live when not in it: with Milvus,
+        the server and the alias of the space's model (the file only remembers the
+        catalog mark the collection matched at this process's last save)."""
+        s = self.settings
+        if s.vector_backend != "milvus":
+            return s.index_dir / f"{space}.faiss", {}
+        if not s.milvus_uri:
+            raise ValueError("EVERLOOK_VECTOR_BACKEND=milvus needs EVERLOOK_MILVUS_URI")
+        from search.vectors.milvus_store import alias_for
+
+        token = s.milvus_token.get_secret_value() if s.milvus_token else None
+        where = {"uri": s.milvus_uri, "token": token,
+                 "alias": alias_for(s.milvus_collection, space, model_id)}  # fmt: skip
+        return s.index_dir / f"{space}.milvus.json", where
 
     def embedder_args(self, space: str) -> dict[str, Any]:
         """What the settings ask of a space's model (stored with the active model, so it

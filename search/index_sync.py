@@ -96,10 +96,12 @@ class VectorIndex:
 
     def __init__(
         self, catalog: Catalog, backend: str, path: Path, space: str, info: IndexInfo,
-        options: BuildOptions | None = None,
+        options: BuildOptions | None = None, where: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         self.catalog = catalog
         self.backend = backend
+        # Where a server-backed store lives (milvus: uri, token, alias); FAISS: nothing.
+        self.where = dict(where or {})
         self.path = path
         self.space = space
         self.info = info
@@ -149,7 +151,7 @@ class VectorIndex:
 
     def _load_or_build(self, report: SyncReport) -> tuple[VectorStore, Mark | None]:
         try:
-            store = vectors.load(self.backend, self.path, self.info)
+            store = vectors.load(self.backend, self.path, self.info, **self.where)
             self._file = _stat(self.path)
             return store, Mark.from_json(getattr(store, "meta", {}).get("mark"))
         except IndexUnusable as why:
@@ -158,7 +160,9 @@ class VectorIndex:
             level = logging.INFO if not self.path.exists() else logging.WARNING
             log.log(level, "rebuilding vector index from the catalog: %s", why)
             then = table_mark(self.catalog)  # before reading: later writes show as changes
-            return vectors.build(self.backend, self.info, self._source(), self.options), then
+            store = vectors.build(self.backend, self.info, self._source(), self.options,
+                                  **self.where)  # fmt: skip
+            return store, then
 
     def _placed(self, store: VectorStore) -> VectorStore:
         """The store, told to search on the GPU when the options say so (a CUDA device
@@ -178,6 +182,13 @@ class VectorIndex:
         if self._store is None:
             return self.open()
         report = SyncReport()
+        follow = getattr(self._store, "follow", None)
+        if follow is not None:
+            follow()  # a shared store's rebuild another process published
+        if self.read_only and getattr(self._store, "shared", False):
+            # A store every process writes (Milvus): the writers keep it in step with
+            # the catalog; a reader re-adding their rows would only repeat their work.
+            return report
         if _stat(self.path) != self._file and self._switch_to_file(report):
             return report
         catch = CatchUp(self.catalog, self._source(), self._store, self.lock.writing,
@@ -189,7 +200,7 @@ class VectorIndex:
         """Serve the file another process saved (its changes written in, its mark newer):
         loaded and caught up aside, then swapped in. False: it is unusable, keep ours."""
         try:
-            fresh = vectors.load(self.backend, self.path, self.info)
+            fresh = vectors.load(self.backend, self.path, self.info, **self.where)
         except IndexUnusable:
             return False
         stat = _stat(self.path)
@@ -291,7 +302,9 @@ class VectorIndex:
     def _rebuild(self, why: str) -> None:
         log.info("rebuilding the %s vector index in the background: %s", self.space, why)
         try:
-            fresh = vectors.build(self.backend, self.info, self._source(), self.options)
+            then = table_mark(self.catalog)  # before the build reads: later writes show
+            fresh = vectors.build(self.backend, self.info, self._source(), self.options,
+                                  **self.where)  # fmt: skip
             with self.lock.writing():
                 for ids, vecs in self._journal or []:
                     if vecs is not None:
@@ -301,6 +314,12 @@ class VectorIndex:
                 self._journal = None
                 self._store = self._placed(fresh)
             self.save()
+            if getattr(fresh, "shared", False):
+                # Other processes wrote to the old store meanwhile (through the catalog
+                # first): what they wrote since the build began is read back in.
+                catch = CatchUp(self.catalog, self._source(), fresh, self.lock.writing,
+                                self.lock.reading)  # fmt: skip
+                self._mark = catch.run(then, SyncReport())
         except Exception:
             log.exception("rebuilding the %s vector index failed; the old one serves", self.space)
         finally:

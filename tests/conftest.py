@@ -98,9 +98,18 @@ def catalog_backend() -> str:
     return "sqlite"
 
 
+@pytest.fixture
+def vector_backend() -> str:
+    """Where the test's vectors live: "faiss" (index files in its home), or "milvus" (a
+    collection of its own on the session's Milvus server) where a module asks for both
+    with ``pytest.mark.both_vector_stores``."""
+    return "faiss"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked both_catalogs (a module's pytestmark) run once per catalog backend,
-    those that set up a catalog through the env fixture; sqlite_only ones stay on SQLite."""
+    those that set up a catalog through the env fixture; sqlite_only ones stay on SQLite.
+    Likewise both_vector_stores and faiss_only for the vector store."""
     node = metafunc.definition
     if (
         "catalog_backend" in metafunc.fixturenames
@@ -108,6 +117,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         and not node.get_closest_marker("sqlite_only")
     ):
         metafunc.parametrize("catalog_backend", ["sqlite", "postgresql"])
+    if (
+        "vector_backend" in metafunc.fixturenames
+        and node.get_closest_marker("both_vector_stores")
+        and not node.get_closest_marker("faiss_only")
+    ):
+        metafunc.parametrize("vector_backend", ["faiss", "milvus"])
 
 
 @pytest.fixture
@@ -117,6 +132,7 @@ def env(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     catalog_backend: str,
+    vector_backend: str,
     request: pytest.FixtureRequest,
 ) -> dict[str, str]:
     """Settings for one test: its own data dir, the tiny model (run as by default: ONNX
@@ -139,6 +155,12 @@ def env(
     }
     if catalog_backend == "postgresql":
         values["EVERLOOK_DATABASE_URL"] = catalog_url(catalog_backend, Path(), request)
+    if vector_backend == "milvus":
+        import uuid
+
+        values["EVERLOOK_VECTOR_BACKEND"] = "milvus"
+        values["EVERLOOK_MILVUS_URI"] = request.getfixturevalue("milvus_uri")
+        values["EVERLOOK_MILVUS_COLLECTION"] = f"t_{uuid.uuid4().hex[:10]}"  # its own
     only_these_settings(monkeypatch, values)
     monkeypatch.chdir(tmp_path)  # no stray .env from the repo
     return values
@@ -241,6 +263,49 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield srv
     finally:
         srv.cleanup()
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Milvus engine for the session: `milvus-lite server` on 127.0.0.1, which
+    speaks the gRPC protocol of a Milvus standalone (clients connect as they would to
+    one), stopped at the end. Skips with the reason when the milvus extra is missing."""
+    import socket
+    import time
+
+    exe = shutil.which("milvus-lite") or str(Path(sys.executable).with_name("milvus-lite"))
+    if not Path(exe).exists():
+        pytest.skip("milvus-lite is not installed (pip install -e '.[milvus,test]')")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = tmp_path_factory.mktemp("milvus")
+    log = (data / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, "server", "--data-dir", str(data / "db"), "--host", "127.0.0.1",
+         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("EVERLOOK_")},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"milvus-lite server did not start: {(data / 'server.log').read_text()}"
+                    ) from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 def new_pg_database(server: Any) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import make_library, picture, save
 
-pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+pytestmark = [pytest.mark.both_catalogs, pytest.mark.both_vector_stores]
 
 
 class CountingEmbedder:

@@ -60,6 +60,7 @@ SCENARIOS = [
     ({"EVERLOOK_HOME": "", "EVERLOOK_MODEL_DIR": ""}, ""),  # set but empty: "here"
     ({"EVERLOOK_MODEL_DIR": "{tmp}/weights", "EVERLOOK_DEVICE": "cpu"},
      "EVERLOOK_MODEL_DIR={tmp}/other\nEVERLOOK_CLIP_BACKEND=onnx\n"),
+    ({"EVERLOOK_MILVUS_URI": "http://127.0.0.1:19530"}, "EVERLOOK_VECTOR_BACKEND=milvus\n"),
 ]  # fmt: skip
 
 
@@ -93,6 +94,7 @@ def test_the_quick_settings_read_what_the_settings_class_reads(
     assert quick.clip_backend == getattr(full, "clip_backend", "auto")
     assert quick.models_cache == full.models_cache and quick.index_dir == full.index_dir
     assert quick.model_dir == full.model_dir and quick.device == full.device
+    assert quick.vector_backend == full.vector_backend
 
 
 def test_a_setting_the_quick_reader_cannot_read_leaves_the_query_to_the_full_path(
@@ -103,7 +105,8 @@ def test_a_setting_the_quick_reader_cannot_read_leaves_the_query_to_the_full_pat
     monkeypatch.chdir(tmp_path)
     for bad in ({"EVERLOOK_NEGATIVE_WEIGHT": "heavy"}, {"EVERLOOK_ARTWORK_MIN_SCORE": "3"},
                 {"EVERLOOK_SPACES": "clip,"},
-                {"EVERLOOK_SPACES": '["clip", "bogus"]'}):  # fmt: skip
+                {"EVERLOOK_SPACES": '["clip", "bogus"]'},
+                {"EVERLOOK_VECTOR_BACKEND": "qdrant"}):  # fmt: skip
         assert QuickSettings.read(bad, tmp_path) is None
 
 

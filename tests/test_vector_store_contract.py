@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,13 +41,13 @@ class ArraySource:
             yield self.ids[s : s + self.batch], self.vecs[s : s + self.batch]
 
 
-def new_store(backend: str, kind: str) -> vectors.VectorStore:
+def new_store(backend: str, kind: str, where: dict[str, Any]) -> vectors.VectorStore:
     """An empty store of the kind: the approximate one trained on other vectors first."""
     if kind == "exact":
-        return vectors.create(backend, INFO)
+        return vectors.create(backend, INFO, **where)
     rng = np.random.default_rng(11)
     train = ArraySource(np.arange(10_000, 10_256), unit(rng, 256))
-    store = vectors.build(backend, INFO, train, BuildOptions(exact_max=1, nlist=4))
+    store = vectors.build(backend, INFO, train, BuildOptions(exact_max=1, nlist=4), **where)
     assert getattr(store, "kind", "approximate") != "flat"
     store.remove(train.ids)
     assert store.count() == 0
@@ -65,8 +66,16 @@ def backend(backend_kind: tuple[str, str]) -> str:
 
 
 @pytest.fixture
-def empty(backend_kind: tuple[str, str]) -> vectors.VectorStore:
-    return new_store(*backend_kind)
+def where(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Where a server-backed store lives: Milvus on the session's milvus-lite server."""
+    if backend == "milvus":
+        return {"uri": request.getfixturevalue("milvus_uri")}
+    return {}
+
+
+@pytest.fixture
+def empty(backend_kind: tuple[str, str], where: dict[str, Any]) -> vectors.VectorStore:
+    return new_store(*backend_kind, where)
 
 
 @pytest.fixture

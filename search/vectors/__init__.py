@@ -1,6 +1,6 @@
 """Vector stores: ids are catalog item ids; scores are inner products of unit vectors.
 
-Backends register under a name (``faiss``; ``milvus`` later) and must pass the shared
+Backends register under a name (``faiss``, ``milvus``) and must pass the shared
 contract suite in ``tests/test_vector_store_contract.py``. A backend may also register a
 ``build``: a whole index made at once from a source of vectors (the catalog), which is
 where a backend chooses and trains an approximate index; without one, ``build`` adds the
@@ -94,7 +94,7 @@ class StoreLoader(Protocol):
     def __call__(self, path: Path, expect: IndexInfo) -> VectorStore: ...
 
 
-Builder = Callable[[IndexInfo, VectorSource, BuildOptions], VectorStore]
+Builder = Callable[..., VectorStore]  # (info, source, options, **where) -> store
 _FACTORIES: dict[str, tuple[Callable[..., VectorStore], Callable[..., VectorStore]]] = {}
 _DESCRIBERS: dict[str, Callable[[Path], dict[str, Any]]] = {}
 _BUILDERS: dict[str, Builder] = {}
@@ -129,7 +129,9 @@ def describe(name: str, path: Path) -> dict[str, Any]:
 
 def _builtin(name: str) -> None:
     if name == "faiss":
-        import search.vectors.faiss_store  # noqa: F401
+        import search.vectors.faiss_store
+    elif name == "milvus":
+        import search.vectors.milvus_store  # noqa: F401  (pymilvus: only when asked for)
 
 
 def create(name: str, info: IndexInfo, **kwargs: Any) -> VectorStore:
@@ -137,26 +139,30 @@ def create(name: str, info: IndexInfo, **kwargs: Any) -> VectorStore:
     return _FACTORIES[name][0](info, **kwargs)
 
 
-def load(name: str, path: Path, expect: IndexInfo) -> VectorStore:
-    """Load a saved index; raises IndexUnusable when it cannot serve ``expect``."""
+def load(name: str, path: Path, expect: IndexInfo, **kwargs: Any) -> VectorStore:
+    """Load a saved index; raises IndexUnusable when it cannot serve ``expect``.
+    ``kwargs``: where a server-backed store lives (milvus: uri, token, alias)."""
     _builtin(name)
-    return _FACTORIES[name][1](path, expect)
+    return _FACTORIES[name][1](path, expect, **kwargs)
 
 
 def build(
-    name: str, info: IndexInfo, source: VectorSource, options: BuildOptions | None = None
-) -> VectorStore:
+    name: str, info: IndexInfo, source: VectorSource, options: BuildOptions | None = None,
+    **kwargs: Any,
+) -> VectorStore:  # fmt: skip
     """A whole index from ``source``, of the kind its size calls for."""
     _builtin(name)
     options = options or BuildOptions()
     if name in _BUILDERS:
-        return _BUILDERS[name](info, source, options)
-    store = create(name, info)
+        return _BUILDERS[name](info, source, options, **kwargs)
+    store = create(name, info, **kwargs)
     for ids, vecs in source.batches():
         store.add(ids, vecs)
     return store
 
 
 def available() -> list[str]:
-    _builtin("faiss")
-    return sorted(_FACTORIES)
+    """The backends this installation can run (milvus: with pymilvus, the milvus extra)."""
+    from importlib.util import find_spec
+
+    return ["faiss", *(["milvus"] if find_spec("pymilvus") is not None else [])]

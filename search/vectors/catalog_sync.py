@@ -165,6 +165,9 @@ class CatchUp:
 
     def full_difference(self, report: SyncReport) -> None:
         """Add what the catalog has and the store lacks, remove what it no longer has."""
+        if hasattr(self.store, "id_pages"):
+            self._paged_difference(report)
+            return
         # The store's ids first, then the catalog's: the pipeline commits to the catalog
         # before it adds to the index, so an id read here as present in the index was in
         # the catalog already, and is never removed by mistake.
@@ -173,6 +176,10 @@ class CatchUp:
         wanted = np.asarray(
             self.catalog.embedding_ids(self.source.space, self.source.model_id), dtype=np.int64
         )
+        self._apply(have, wanted, report)
+        report.checked_all = True
+
+    def _apply(self, have: np.ndarray, wanted: np.ndarray, report: SyncReport) -> None:
         extra = np.setdiff1d(have, wanted)
         missing = np.setdiff1d(wanted, have)
         if len(extra):
@@ -182,4 +189,29 @@ class CatchUp:
             with self.writing():
                 self.store.add(ids, vecs)
             report.added += len(ids)
+
+    def _paged_difference(self, report: SyncReport, page: int = 50_000) -> None:
+        """The same difference a range of ids at a time, for a store on a server
+        (Milvus) that many processes share: neither side's ids are ever all in memory.
+        A page of the catalog's ids sets the range; the store's ids in it are read, then
+        the catalog's again (what a writer committed to the catalog before adding to the
+        store is then seen on both sides, never removed by mistake)."""
+        sp, model = self.source.space, self.source.model_id
+        lo = None
+        while True:
+            first = self.catalog.embedding_ids_page(sp, model, lo, page)
+            hi = int(first[-1]) if len(first) == page else None  # None: the last range
+            with self.reading():
+                parts = list(
+                    self.store.id_pages(  # type: ignore[attr-defined]
+                        None if lo is None else lo + 1, hi
+                    )
+                )
+            have = np.concatenate([np.zeros(0, dtype=np.int64), *parts])
+            wanted = np.asarray(self.catalog.embedding_ids_page(sp, model, lo, None, hi),
+                                dtype=np.int64)  # fmt: skip
+            self._apply(have, wanted, report)
+            if hi is None:
+                break
+            lo = hi
         report.checked_all = True
