@@ -1,15 +1,28 @@
-"""The work queue kept in the catalog: enqueue (coalescing), claim, finish, release."""
+"""The work queue kept in the catalog: enqueue (coalescing), claim, finish, release.
+
+Any number of processes, on any number of machines, may work one queue: a claim takes
+due jobs with ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite has one writer
+at a time and the claim's update re-checks the condition), names its owner and runs
+under a lease that the owner renews while it works (:meth:`JobQueue.holding`). A job is
+taken over when its lease has run out, or at once by a process on the same host that
+sees its owner's pid is gone; never while its owner lives.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, and_, delete, func, or_, select, update
 
 from catalog.db import make_sessionmaker
 from catalog.models import FilePath, Job
 from catalog.queries import move_prefix
+from catalog.stylejobs import _pid_alive, new_owner
 
 
 @dataclass(frozen=True)
@@ -24,8 +37,10 @@ class Claimed:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, owner: str | None = None, lease_s: float = 60.0) -> None:
         self.Session = make_sessionmaker(engine)
+        self.owner = owner or new_owner()  # host:pid:nonce
+        self.lease_s = lease_s
 
     def put(
         self,
@@ -53,7 +68,9 @@ class JobQueue:
                 return
             job.action, job.due_at, job.size, job.mtime_ns = action, due_at, size, mtime_ns
             job.closed = closed
-            job.claimed = False  # new evidence: the claim's view of the file is stale
+            # New evidence: the claim's view of the file is stale. Its holder's finish
+            # then leaves the job queued (finish deletes only jobs still claimed).
+            job.claimed, job.owner, job.lease_until = False, None, None
 
     def mark_closed(self, path: str, due_at: float) -> None:
         """The writer closed the file: it is due once quiet from now (its last write)."""
@@ -65,44 +82,108 @@ class JobQueue:
         with self.Session.begin() as s:
             move_prefix(s, Job, src, dest)
 
+    @staticmethod
+    def _claimable(now: float) -> Any:
+        """Due, and free: never claimed, released, or held under a lease that ran out."""
+        return and_(Job.due_at <= now, or_(Job.claimed.is_(False), Job.lease_until.is_(None),
+                                           Job.lease_until < now))  # fmt: skip
+
     def claim(self, now: float, limit: int) -> list[Claimed]:
+        """Up to limit due jobs, oldest first, now held by this queue's owner."""
+        lease = now + self.lease_s
         with self.Session.begin() as s:
-            jobs = list(s.scalars(
-                select(Job).where(Job.claimed.is_(False), Job.due_at <= now)
-                .order_by(Job.due_at).limit(limit)
-            ))  # fmt: skip
-            for job in jobs:
-                job.claimed, job.attempts = True, job.attempts + 1
+            free = self._claimable(now)
+            # Rows another claimer holds locked are skipped, not waited for (PostgreSQL).
+            ids = list(s.scalars(select(Job.id).where(free).order_by(Job.due_at).limit(limit)
+                                 .with_for_update(skip_locked=True)))  # fmt: skip
+            if not ids:
+                return []
+            # The condition again: a claim that won since our select keeps its jobs.
+            s.execute(update(Job).where(Job.id.in_(ids), free)
+                      .values(claimed=True, owner=self.owner, lease_until=lease,
+                              attempts=Job.attempts + 1))  # fmt: skip
+            jobs = list(s.scalars(select(Job).where(Job.id.in_(ids), Job.owner == self.owner)
+                                  .order_by(Job.due_at)))  # fmt: skip
             return [Claimed(j.id, j.path, j.action, j.size, j.mtime_ns, j.closed, j.due_at)
                     for j in jobs]  # fmt: skip
 
-    def finish(self, ids: Sequence[int]) -> None:
-        """Drop finished jobs, unless new events re-queued them meanwhile."""
+    def renew(self, ids: Sequence[int], now: float | None = None) -> int:
+        """Extend the lease on these jobs while they are still this owner's."""
+        until = (time.time() if now is None else now) + self.lease_s
         with self.Session.begin() as s:
-            s.execute(delete(Job).where(Job.id.in_(list(ids)), Job.claimed.is_(True)))
+            res = s.execute(update(Job).where(Job.id.in_(list(ids)), Job.owner == self.owner,
+                                              Job.claimed.is_(True))
+                            .values(lease_until=until))  # fmt: skip
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    @contextmanager
+    def holding(self, ids: Sequence[int]) -> Iterator[None]:
+        """Renew the lease on these jobs every third of it while the block works them."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_s / 3):
+                # A missed beat (the database busy a moment): the next one, or the lease,
+                # decides.
+                with suppress(Exception):
+                    self.renew(ids)
+
+        thread = threading.Thread(target=beat, daemon=True, name="job-lease")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def finish(self, ids: Sequence[int]) -> None:
+        """Drop finished jobs, unless new events re-queued them meanwhile or another
+        process took them over (its lease, its finish)."""
+        with self.Session.begin() as s:
+            s.execute(delete(Job).where(Job.id.in_(list(ids)), Job.claimed.is_(True),
+                                        Job.owner == self.owner))  # fmt: skip
 
     def reschedule(self, job_id: int, due_at: float, size: int | None, mtime_ns: int | None,
                    closed: bool | None = None) -> None:  # fmt: skip
         values: dict[str, object] = {"claimed": False, "due_at": due_at, "size": size,
-                                     "mtime_ns": mtime_ns}  # fmt: skip
+                                     "mtime_ns": mtime_ns, "owner": None,
+                                     "lease_until": None}  # fmt: skip
         if closed is not None:
             values["closed"] = closed
         with self.Session.begin() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(**values))
+            s.execute(update(Job).where(Job.id == job_id, Job.owner == self.owner).values(**values))
 
-    def release_claimed(self) -> int:
-        """After a crash: claimed jobs nobody is working on go back to the queue."""
+    def release_dead(self, alive: Any = _pid_alive) -> int:
+        """Claimed jobs whose owner was a process of this host that no longer exists go
+        back to the queue now (a restart after a crash), without waiting for the lease;
+        those of live processes, and of other hosts, stay theirs until their lease ends."""
+        import socket
+
+        host = socket.gethostname()
+        dead: list[int] = []
         with self.Session.begin() as s:
-            res = s.execute(update(Job).where(Job.claimed.is_(True)).values(claimed=False))
-            return int(res.rowcount or 0)  # type: ignore[attr-defined]
+            rows = s.execute(select(Job.id, Job.owner).where(Job.claimed.is_(True)))
+            for job_id, owner in rows:
+                parts = (owner or "").split(":")
+                if owner is None or (len(parts) == 3 and parts[0] == host and parts[1].isdigit()
+                                     and not alive(int(parts[1]))):  # fmt: skip
+                    dead.append(job_id)
+            if dead:
+                s.execute(update(Job).where(Job.id.in_(dead))
+                          .values(claimed=False, owner=None, lease_until=None))  # fmt: skip
+        return len(dead)
 
     def pending(self) -> int:
         with self.Session() as s:
             return int(s.scalar(select(func.count()).select_from(Job)) or 0)
 
     def next_due(self) -> float | None:
+        """When the next job falls due (or a held one's lease runs out)."""
         with self.Session() as s:
-            return s.scalar(select(func.min(Job.due_at)).where(Job.claimed.is_(False)))
+            free = s.scalar(select(func.min(Job.due_at)).where(Job.claimed.is_(False)))
+            held = s.scalar(select(func.min(Job.lease_until)).where(Job.claimed.is_(True)))
+            times = [t for t in (free, held) if t is not None]
+            return min(times) if times else None
 
 
 def rename_paths(engine: Engine, src: str, dest: str) -> int:

@@ -62,11 +62,17 @@ class StageState(enum.StrEnum):
     failed = "failed"
 
 
+# Row ids and the references to them: 64-bit on PostgreSQL (a newsroom archive with many
+# writers may pass 2^31 rows in its busiest tables); SQLite's INTEGER PRIMARY KEY is
+# already 64-bit and must stay INTEGER to be the rowid (migration 0009).
+Key = BigInteger().with_variant(Integer, "sqlite")
+
+
 class Item(Base):
     __tablename__ = "items"
     __table_args__ = (Index("ix_items_taken_at", "taken_at"),)  # migration 0007
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[str] = mapped_column(String(16), index=True)  # image | audio
     format: Mapped[str | None] = mapped_column(String(32))
@@ -95,8 +101,10 @@ class FilePath(Base):
     __tablename__ = "paths"
     __table_args__ = (Index("ix_paths_mtime_item", "mtime_ns", "item_id"),)  # migration 0008
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
+    item_id: Mapped[int] = mapped_column(
+        Key, ForeignKey("items.id", ondelete="CASCADE"), index=True
+    )
     path: Mapped[str] = mapped_column(FsPath, unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
@@ -116,8 +124,8 @@ class Embedding(Base):
         Index("ix_embeddings_space_model_item", "space", "model_id", "item_id"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
+    item_id: Mapped[int] = mapped_column(Key, ForeignKey("items.id", ondelete="CASCADE"))
     space: Mapped[str] = mapped_column(String(32), index=True)  # clip | imagebind
     model_id: Mapped[str] = mapped_column(String(200))
     dim: Mapped[int] = mapped_column(Integer)
@@ -147,7 +155,7 @@ class StageStatus(Base):
     __table_args__ = (Index("ix_stage_status_progress", "stage", "model_id", "status", "attempts"),)
 
     item_id: Mapped[int] = mapped_column(
-        ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
+        Key, ForeignKey("items.id", ondelete="CASCADE"), primary_key=True
     )
     stage: Mapped[str] = mapped_column(String(32), primary_key=True)
     status: Mapped[StageState] = mapped_column(
@@ -170,7 +178,7 @@ class FileFailure(Base):
 
     __tablename__ = "file_failures"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
     path: Mapped[str] = mapped_column(FsPath, unique=True)
     reason: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
@@ -183,13 +191,15 @@ class Job(Base):
     """A queued piece of work for one path (the watcher's crash-safe queue).
 
     One row per path: a burst of events on the same file coalesces into one job whose
-    due time moves forward. A job claimed by a worker that then died is released on
-    the next start.
+    due time moves forward. A claim names its owner (host:pid:nonce) and runs under a
+    lease the owner renews while it works: a job whose owner died is taken over once the
+    lease runs out (at once by a process on the same host that sees the pid is gone),
+    never while its owner lives (migration 0009).
     """
 
     __tablename__ = "jobs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
     path: Mapped[str] = mapped_column(FsPath, unique=True)
     action: Mapped[str] = mapped_column(String(16))  # index | delete
     due_at: Mapped[float] = mapped_column(Float, index=True)  # unix time
@@ -197,6 +207,8 @@ class Job(Base):
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     closed: Mapped[bool] = mapped_column(default=False)  # writer closed it (inotify)
     claimed: Mapped[bool] = mapped_column(default=False, index=True)
+    owner: Mapped[str | None] = mapped_column(String(120))
+    lease_until: Mapped[float | None] = mapped_column(Float)  # unix time
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -209,8 +221,10 @@ class DetectionRow(Base):
     __tablename__ = "detections"
     __table_args__ = (Index("ix_detections_label_item", "label", "item_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
+    item_id: Mapped[int] = mapped_column(
+        Key, ForeignKey("items.id", ondelete="CASCADE"), index=True
+    )
     stage: Mapped[str] = mapped_column(String(32))
     model_id: Mapped[str] = mapped_column(String(200))
     label: Mapped[str] = mapped_column(String(100))
@@ -227,8 +241,10 @@ class SegmentRow(Base):
     __tablename__ = "segments"
     __table_args__ = (Index("ix_segments_label_item", "label", "item_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
+    item_id: Mapped[int] = mapped_column(
+        Key, ForeignKey("items.id", ondelete="CASCADE"), index=True
+    )
     stage: Mapped[str] = mapped_column(String(32))
     model_id: Mapped[str] = mapped_column(String(200))
     label: Mapped[str] = mapped_column(String(100))
@@ -243,8 +259,10 @@ class LabelRow(Base):
     __tablename__ = "labels"
     __table_args__ = (Index("ix_labels_kind_label", "kind", "label", "score"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
+    item_id: Mapped[int] = mapped_column(
+        Key, ForeignKey("items.id", ondelete="CASCADE"), index=True
+    )
     stage: Mapped[str] = mapped_column(String(32))
     model_id: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16))
@@ -274,14 +292,16 @@ class StyleJob(Base):
     __tablename__ = "style_jobs"
     __table_args__ = (Index("ix_style_jobs_state_created", "state", "created_at"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(Key, primary_key=True)
     state: Mapped[JobState] = mapped_column(
         Enum(JobState, name="job_state", native_enum=False, length=16)
     )
-    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"))
+    item_id: Mapped[int | None] = mapped_column(Key, ForeignKey("items.id", ondelete="SET NULL"))
     item_sha256: Mapped[str] = mapped_column(String(64))
     style_kind: Mapped[str] = mapped_column(String(16))  # item | upload | artist
-    style_item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"))
+    style_item_id: Mapped[int | None] = mapped_column(
+        Key, ForeignKey("items.id", ondelete="SET NULL")
+    )
     style_sha256: Mapped[str | None] = mapped_column(String(64))
     style_artist: Mapped[str | None] = mapped_column(String(200))
     style_file: Mapped[str | None] = mapped_column(Text)  # an upload, relative to the data dir

@@ -237,7 +237,7 @@ class Parts:
         from indexer.watch import Watcher
 
         pipeline = self.pipeline(rules, inline_stages=False)
-        queue = JobQueue(self.catalog.engine)
+        queue = JobQueue(self.catalog.engine, lease_s=self.settings.job_lease_seconds)
         return Watcher(pipeline, self.catalog, queue, roots, rules, options, pipeline.stages)
 
     def api_services(self, roots: Sequence[str], watcher: Any = None) -> Any:

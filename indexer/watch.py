@@ -181,9 +181,9 @@ class Watcher:
 
     # ---- lifecycle (main thread) --------------------------------------------------------
     def start(self) -> Report:
-        released = self.queue.release_claimed()
+        released = self.queue.release_dead()
         if released:
-            log.info("released %d jobs claimed by a previous run that did not finish", released)
+            log.info("released %d jobs claimed by a process of this host that is gone", released)
         self.observer = self._start_observer()
         log.info("reconciling %s with the catalog ...", ", ".join(self.roots))
         report = self.pipeline.run(self.roots, save=False)  # saved by _save, when idle
@@ -253,6 +253,12 @@ class Watcher:
             if ran:  # an embed stage may have added vectors to its space's index
                 self._dirty_since = self._dirty_since or time.monotonic()
             return ran
+        with self.queue.holding([j.id for j in jobs]):  # a long batch keeps its jobs
+            self._work(jobs)
+        self._last_activity = time.monotonic()
+        return True
+
+    def _work(self, jobs: list[Any]) -> None:
         now = time.time()
         index, dirs_gone, done = [], [], []
         for job in jobs:
@@ -272,8 +278,6 @@ class Watcher:
                 self._dirty_since = self._dirty_since or time.monotonic()
             log.info("batch: %s", summary(report))
         self.queue.finish(done)
-        self._last_activity = time.monotonic()
-        return True
 
     def _settled(self, job: Any, now: float) -> bool:
         """Has the file kept its size and mtime for the quiet period (and been closed)?"""

@@ -38,7 +38,7 @@ def test_migrations_create_every_table_on_first_open(catalog: Catalog):
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(migrations.alembic_config(catalog.engine)).get_current_head()
-    assert migrations.current(catalog.engine) == head == "0008"
+    assert migrations.current(catalog.engine) == head == "0009"
 
 
 def test_paths_stored_as_text_by_an_older_catalog_still_match_after_upgrade(tmp_path):
@@ -109,4 +109,4 @@ def test_upgrade_is_idempotent(tmp_path: Path):
     engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
     migrations.upgrade(engine)
     migrations.upgrade(engine)
-    assert migrations.current(engine) == "0008"
+    assert migrations.current(engine) == "0009"

@@ -1,0 +1,154 @@
+"""The watcher's job queue shared by many processes (issue [9] point 5): claims carry an
+owner and a lease; a job is taken over when its owner's lease runs out or its process is
+gone, never while it lives; concurrent claimers never get the same job."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def url(env: dict[str, str]) -> str:
+    from everlook.settings import Settings
+
+    return Settings().catalog_url
+
+
+def queue(url: str, owner: str, lease_s: float = 10.0) -> Any:
+    import migrations
+    from catalog import make_engine
+    from catalog.jobs import JobQueue
+
+    engine = make_engine(url)
+    migrations.ensure_head(engine)
+    return JobQueue(engine, owner=owner, lease_s=lease_s)
+
+
+def test_a_held_job_is_taken_over_only_when_its_lease_runs_out(url: str) -> None:
+    host = socket.gethostname()
+    a, b = queue(url, f"{host}:1:a"), queue(url, f"{host}:2:b")
+    t = time.time()
+    a.put("/lib/x.jpg", "index", t - 1)
+    (job,) = a.claim(t, 10)
+    assert b.claim(t + 5, 10) == []  # held
+    assert a.renew([job.id], now=t + 9) == 1  # still working: lease to t + 19
+    assert b.claim(t + 15, 10) == []
+    (taken,) = b.claim(t + 20, 10)  # a went quiet: b takes it over
+    assert taken.id == job.id
+    a.finish([job.id])  # a late finish of the old owner does not drop b's job
+    assert a.pending() == 1 and a.renew([job.id]) == 0
+    b.finish([job.id])
+    assert b.pending() == 0
+
+
+def test_a_start_releases_the_jobs_of_its_hosts_dead_processes_only(url: str) -> None:
+    host = socket.gethostname()
+    t = time.time()
+    owners = {"dead": f"{host}:999999:x", "alive": f"{host}:{os.getpid()}:y",
+              "other host": "elsewhere:1:z"}  # fmt: skip
+    for name, owner in owners.items():
+        q = queue(url, owner)
+        q.put(f"/lib/{name}.jpg", "index", t - 1)
+        assert len(q.claim(t, 1)) == 1
+    me = queue(url, f"{host}:{os.getpid()}:me")
+    assert me.release_dead(alive=lambda pid: pid != 999999) == 1
+    (got,) = me.claim(t, 10)
+    assert got.path == "/lib/dead.jpg"  # the live one and the other host's stay theirs
+
+
+def test_new_events_on_a_held_job_requeue_it_and_its_holder_leaves_it(url: str) -> None:
+    a = queue(url, "h:1:a")
+    t = time.time()
+    a.put("/lib/x.jpg", "index", t - 1)
+    (job,) = a.claim(t, 10)
+    a.put("/lib/x.jpg", "index", t)  # the file changed while a worked on it
+    a.finish([job.id])
+    assert a.pending() == 1  # the new version is still to be indexed
+
+
+CLAIMER = """
+import json, sys, time
+sys.path.insert(0, {repo!r})
+import migrations
+from catalog import make_engine
+from catalog.jobs import JobQueue
+engine = make_engine({url!r})
+migrations.ensure_head(engine)
+q = JobQueue(engine, owner="h:%d:c" % {n}, lease_s=60)
+got = []
+while True:
+    jobs = q.claim(time.time(), 7)
+    if not jobs:
+        break
+    got += [j.id for j in jobs]
+    q.finish([j.id for j in jobs])
+print(json.dumps(got))
+"""
+
+
+@pytest.mark.slow
+def test_four_processes_working_one_queue_each_take_every_job_exactly_once(url: str) -> None:
+    q = queue(url, "h:0:setup")
+    t = time.time() - 1
+    for i in range(300):
+        q.put(f"/lib/{i:04d}.jpg", "index", t)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVERLOOK_")}
+    procs = []
+    for n in range(4):
+        code = CLAIMER.format(repo=str(REPO), url=url, n=n)
+        procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env))  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-800:] for _, e in outs]
+    taken = [json.loads(o) for o, _ in outs]
+    flat = [i for t_ in taken for i in t_]
+    assert len(flat) == len(set(flat)) == 300  # every job once, none twice
+    assert q.pending() == 0
+
+
+def test_row_ids_go_past_two_to_the_31(url: str) -> None:
+    """64-bit keys: an item, its path and its vector under ids past 2^31 (PostgreSQL's
+    integer would overflow; SQLite's rowid is 64-bit already)."""
+    from sqlalchemy import insert, select, text
+
+    from catalog.db import make_sessionmaker
+    from catalog.models import Embedding, FilePath, Item, utcnow
+
+    q = queue(url, "h:0:keys")
+    big = 2**31 + 7
+    engine = q.Session.kw["bind"]
+    with make_sessionmaker(engine).begin() as s:
+        if engine.dialect.name == "postgresql":
+            s.execute(text("SELECT setval('items_id_seq', :v)"), {"v": big})
+            s.execute(text("SELECT setval('paths_id_seq', :v)"), {"v": big})
+            s.execute(text("SELECT setval('embeddings_id_seq', :v)"), {"v": big})
+            now = None
+        else:
+            s.execute(insert(Item).values(id=big, sha256="0" * 64, kind="image", size_bytes=1))
+            now = big
+        item = s.scalar(insert(Item).values(sha256="1" * 64, kind="image", size_bytes=1)
+                        .returning(Item.id))  # fmt: skip
+        assert item is not None and item > 2**31 and (now is None or item == big + 1)
+        path = s.scalar(insert(FilePath).values(item_id=item, path="/lib/big.jpg", size=1,
+                                                mtime_ns=1).returning(FilePath.id))  # fmt: skip
+        s.execute(insert(Embedding).values(item_id=item, space="clip", model_id="m", dim=1,
+                                           vector=b"\0\0\0\0", created_at=utcnow()))  # fmt: skip
+    with make_sessionmaker(engine)() as s:
+        assert s.scalar(select(FilePath.item_id).where(FilePath.id == path)) == item
+        row = s.scalar(select(Embedding.id).where(Embedding.item_id == item))
+        assert row is not None
+        if engine.dialect.name == "postgresql":
+            assert row > 2**31  # from its bigint sequence
