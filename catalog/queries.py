@@ -13,7 +13,7 @@ from sqlalchemy import Engine, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from catalog.browse import Browse
-from catalog.db import make_sessionmaker
+from catalog.db import insert_for, make_sessionmaker
 from catalog.filters import Filters, labelled_in, matching_ids
 from catalog.models import (
     DetectionRow,
@@ -343,22 +343,18 @@ class Catalog:
         ids: dict[str, int] = {}
         with self.Session.begin() as s:
             for new in items:
-                item_id = ids.get(new.sha256) or s.scalar(
-                    select(Item.id).where(Item.sha256 == new.sha256)
-                )
+                item_id = ids.get(new.sha256)
                 if item_id is None:
-                    item = Item(
-                        sha256=new.sha256,
-                        kind=new.kind,
-                        format=new.format,
-                        width=new.width,
-                        height=new.height,
-                        size_bytes=new.size_bytes,
-                        **new.meta,
-                    )
-                    s.add(item)
-                    s.flush()
-                    item_id = item.id
+                    # One statement, race-free: another process storing the same content
+                    # at the same moment makes one item, and both get its id.
+                    item_id = s.scalar(
+                        insert_for(s, Item).values(
+                            sha256=new.sha256, kind=new.kind, format=new.format,
+                            width=new.width, height=new.height, size_bytes=new.size_bytes,
+                            **new.meta,
+                        ).on_conflict_do_nothing(index_elements=["sha256"]).returning(Item.id)
+                    ) or s.scalar(select(Item.id).where(Item.sha256 == new.sha256))  # fmt: skip
+                    assert item_id is not None
                 if new.sha256 not in ids and new.vector:  # audio: embedded by a stage
                     self._put_embedding(s, item_id, new, stage)
                 ids[new.sha256] = item_id
@@ -370,39 +366,26 @@ class Catalog:
     @staticmethod
     def _put_embedding(s: Session, item_id: int, new: NewItem, stage: str) -> None:
         """Insert or replace the item's vector in this space, with its stage row."""
-        emb = s.scalar(
-            select(Embedding).where(
-                Embedding.item_id == item_id, Embedding.space == new.space,
-                Embedding.model_id == new.model_id,
+        now = utcnow()
+        s.execute(
+            insert_for(s, Embedding).values(
+                item_id=item_id, space=new.space, model_id=new.model_id, dim=new.dim,
+                vector=new.vector, created_at=now,
+            ).on_conflict_do_update(
+                index_elements=["item_id", "space", "model_id"],
+                set_={"dim": new.dim, "vector": new.vector, "created_at": now},
             )
         )  # fmt: skip
-        if emb is None:
-            s.add(
-                Embedding(
-                    item_id=item_id,
-                    space=new.space,
-                    model_id=new.model_id,
-                    dim=new.dim,
-                    vector=new.vector,
-                )
+        s.execute(
+            insert_for(s, StageStatus).values(
+                item_id=item_id, stage=stage, status=StageState.done, attempts=1,
+                model_id=new.model_id, updated_at=now,
+            ).on_conflict_do_update(
+                index_elements=["item_id", "stage"],
+                set_={"status": StageState.done, "model_id": new.model_id, "error": None,
+                      "attempts": StageStatus.attempts + 1, "updated_at": now},
             )
-        else:
-            emb.model_id, emb.dim, emb.vector = new.model_id, new.dim, new.vector
-            emb.created_at = utcnow()
-        st = s.get(StageStatus, (item_id, stage))
-        if st is None:
-            s.add(
-                StageStatus(
-                    item_id=item_id,
-                    stage=stage,
-                    status=StageState.done,
-                    attempts=1,
-                    model_id=new.model_id,
-                )
-            )
-        else:
-            st.status, st.model_id, st.error = StageState.done, new.model_id, None
-            st.attempts += 1
+        )  # fmt: skip
 
     def set_paths(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
         """(path, item_id, size, mtime_ns): point paths at existing items."""
@@ -418,15 +401,15 @@ class Catalog:
     @staticmethod
     def _set_path(s: Session, path: str, item_id: int, size: int, mtime_ns: int) -> int | None:
         """Point path at item_id; the item it pointed at before, if that was another."""
-        row = s.scalar(select(FilePath).where(FilePath.path == path))
-        before = None
-        if row is None:
-            s.add(FilePath(path=path, item_id=item_id, size=size, mtime_ns=mtime_ns))
-        else:
-            before = row.item_id if row.item_id != item_id else None
-            row.item_id, row.size, row.mtime_ns = item_id, size, mtime_ns
+        before = s.scalar(select(FilePath.item_id).where(FilePath.path == path))
+        s.execute(
+            insert_for(s, FilePath).values(path=path, item_id=item_id, size=size,
+                                           mtime_ns=mtime_ns)
+            .on_conflict_do_update(index_elements=["path"],
+                                   set_={"item_id": item_id, "size": size, "mtime_ns": mtime_ns})
+        )  # fmt: skip
         s.execute(delete(FileFailure).where(FileFailure.path == path))
-        return before
+        return before if before is not None and before != item_id else None
 
     def remove_paths(self, paths: Sequence[str]) -> list[int]:
         """Forget paths; delete items left with no path. Returns the deleted item ids."""

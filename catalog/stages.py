@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from catalog.db import insert_for
 from catalog.models import (
     DetectionRow,
     Embedding,
@@ -227,17 +228,36 @@ class StageBook:
         failures: Mapping[int, str],
     ) -> None:
         """Store one batch of a stage in one transaction: results replace what this stage
-        stored for those items before; statuses say done or failed (attempts counted)."""
+        stored for those items before; statuses say done or failed (attempts counted).
+
+        Written at most once when several workers ran the same stage on an item: the
+        items' status rows are created if missing (ON CONFLICT DO NOTHING) and locked
+        first (FOR UPDATE on PostgreSQL; SQLite has one writer), so a second writer waits
+        for the first to commit, then finds the item done with this model and leaves it."""
         with self.Session.begin() as s:
             ids = [*outputs, *failures]
             alive = set(s.scalars(select(Item.id).where(Item.id.in_(ids))))  # deleted meanwhile
-            for table in (DetectionRow, SegmentRow, LabelRow):
+            now = utcnow()
+            if alive:
                 s.execute(
-                    delete(table).where(table.item_id.in_(list(outputs)), table.stage == stage)
-                )
-            for item_id, out in outputs.items():
-                if item_id not in alive:
-                    continue
+                    insert_for(s, StageStatus).values([
+                        {"item_id": i, "stage": stage, "status": StageState.pending,
+                         "attempts": 0, "model_id": model_id, "updated_at": now}
+                        for i in sorted(alive)
+                    ]).on_conflict_do_nothing(index_elements=["item_id", "stage"])
+                )  # fmt: skip
+                held = s.execute(
+                    select(StageStatus.item_id, StageStatus.status, StageStatus.model_id)
+                    .where(StageStatus.item_id.in_(sorted(alive)), StageStatus.stage == stage)
+                    .order_by(StageStatus.item_id).with_for_update()
+                )  # fmt: skip
+                done = {i for i, st, m in held if st == StageState.done and m == model_id}
+                alive -= done  # another worker stored these first: theirs stand
+            written = [i for i in outputs if i in alive]
+            for table in (DetectionRow, SegmentRow, LabelRow):
+                s.execute(delete(table).where(table.item_id.in_(written), table.stage == stage))
+            for item_id in written:
+                out = outputs[item_id]
                 s.add_all(_rows(item_id, stage, model_id, out))
                 for vec_model, vector in out.vectors.items():
                     assert out.space, "an output with vectors names its space"
@@ -255,17 +275,14 @@ class StageBook:
 
     @staticmethod
     def _put_vector(s: Session, item_id: int, space: str, model_id: str, vector: bytes) -> None:
-        emb = s.scalar(
-            select(Embedding).where(
-                Embedding.item_id == item_id, Embedding.space == space,
-                Embedding.model_id == model_id,
-            )
+        now = utcnow()
+        s.execute(
+            insert_for(s, Embedding).values(item_id=item_id, space=space, model_id=model_id,
+                                            dim=len(vector) // 4, vector=vector, created_at=now)
+            .on_conflict_do_update(index_elements=["item_id", "space", "model_id"],
+                                   set_={"vector": vector, "dim": len(vector) // 4,
+                                         "created_at": now})
         )  # fmt: skip
-        if emb is None:
-            s.add(Embedding(item_id=item_id, space=space, model_id=model_id,
-                            dim=len(vector) // 4, vector=vector))  # fmt: skip
-        else:
-            emb.vector, emb.dim, emb.created_at = vector, len(vector) // 4, utcnow()
 
     @staticmethod
     def _status(s: Session, item_id: int, stage: str, model_id: str, error: str | None) -> None:
