@@ -72,6 +72,27 @@ class JobQueue:
             # then leaves the job queued (finish deletes only jobs still claimed).
             job.claimed, job.owner, job.lease_until = False, None, None
 
+    def put_many(self, jobs: Sequence[tuple[str, str, float, int | None, int | None]],
+                 closed: bool = True, chunk: int = 500) -> None:  # fmt: skip
+        """put() for many (path, action, due_at, size, mtime_ns), a transaction per chunk
+        (a start that queues a whole tree: one commit per file would take minutes)."""
+        for s0 in range(0, len(jobs), chunk):
+            part = jobs[s0 : s0 + chunk]
+            with self.Session.begin() as s:
+                have = {j.path: j for j in s.scalars(select(Job).where(
+                    Job.path.in_([p for p, *_ in part])))}  # fmt: skip
+                for path, action, due_at, size, mtime_ns in part:
+                    job = have.get(path)
+                    if job is None:
+                        job = Job(path=path, action=action, due_at=due_at, size=size,
+                                  mtime_ns=mtime_ns, closed=closed)  # fmt: skip
+                        s.add(job)
+                        have[path] = job
+                        continue
+                    job.action, job.due_at, job.size, job.mtime_ns = action, due_at, size, mtime_ns
+                    job.closed = closed
+                    job.claimed, job.owner, job.lease_until = False, None, None
+
     def mark_closed(self, path: str, due_at: float) -> None:
         """The writer closed the file: it is due once quiet from now (its last write)."""
         with self.Session.begin() as s:

@@ -26,7 +26,12 @@ def watch(
     quiet: Annotated[
         float | None, typer.Option("--quiet", min=0.0, help="Seconds a file must stay unchanged.")
     ] = None,
-) -> None:
+    enqueue_only: Annotated[
+        bool,
+        typer.Option("--enqueue-only", help="Only queue what changes, for `everlook worker` "
+                     "processes (here or on other machines) to index and enrich."),
+    ] = False,
+) -> None:  # fmt: skip
     """Index folders, then keep following them as files arrive, change, move and vanish."""
     import signal
 
@@ -57,15 +62,16 @@ def watch(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        watcher.start()
+        watcher.start(enqueue_only=enqueue_only)
     except (ModelUnavailable, ValueError) as exc:
         watcher.close()
         raise _fail_config(exc) from exc
     logging.getLogger("everlook.watch").info(
-        "watching %s (%s); Ctrl-C to stop", ", ".join(map(str, paths)), watcher.mode
-    )
+        "watching %s (%s)%s; Ctrl-C to stop", ", ".join(map(str, paths)), watcher.mode,
+        ", queueing for workers" if enqueue_only else "",
+    )  # fmt: skip
     try:
-        watcher.run_forever()
+        watcher.run_forever(work=not enqueue_only)
     except ModelUnavailable as exc:
         raise _fail_config(exc) from exc
     err.print(f"watch ended: {summary(watcher.totals)}")

@@ -192,32 +192,75 @@ def _follow(parts: Any, job_id: int, quiet: bool) -> dict[str, Any]:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, Opt("--concurrency", min=1, help="Jobs at once "
+    ctx: typer.Context,
+    concurrency: Annotated[int | None, Opt("--concurrency", min=0, help="Style jobs at once "
                                            "(default EVERLOOK_STYLIZE_CONCURRENCY).")] = None,
+    files: Annotated[bool, Opt("--files/--no-files", help="Also index and enrich the files "
+                               "queued by `watch --enqueue-only`.")] = True,
 ) -> None:  # fmt: skip
-    """Run style-transfer jobs from the catalog's queue until stopped (any number of
-    workers may run, here or on other machines sharing the catalog)."""
+    """Work the catalog's queues until stopped: files to index and enrich, and
+    style-transfer jobs. Any number of workers may run, here or on other machines
+    sharing the catalog; each job is claimed under a lease, taken over if its worker
+    dies. With FAISS (index files in this home) one process writes the index: a worker
+    works files only if it can take the writer lock; with Milvus any number may."""
     import signal
+
+    from everlook.lock import Busy, WriterLock
+    from indexer.watch import summary
 
     logging.getLogger("everlook").setLevel(logging.INFO)
     parts = _parts()
-    w = parts.style_worker(parts.index_back_queue(), concurrency or None)
-    if w.opts.concurrency < 1:
-        err.print("[red]error:[/red] EVERLOOK_STYLIZE_CONCURRENCY is 0: give --concurrency")
+    s = parts.settings
+    n_style = s.stylize_concurrency if concurrency is None else concurrency
+    style = parts.style_worker(parts.index_back_queue(), n_style)
+    watcher = None
+    if files:
+        if s.vector_backend == "faiss":
+            lock = WriterLock(s.home)
+            try:
+                lock.acquire("worker")
+                ctx.call_on_close(lock.release)
+            except Busy as busy:
+                err.print(f"files are left to the process writing {s.home} ({busy}); "
+                          "this worker runs style jobs only", highlight=False)  # fmt: skip
+                files = False
+        if files:
+            from everlook.cli_serve import watch_options
+
+            try:
+                watcher = parts.watcher([], parts.scan_rules(), watch_options(s))
+            except (ValueError, ImportError) as exc:
+                raise _fail_config(exc) from exc
+    if watcher is None and style.opts.concurrency < 1:
+        err.print("[red]error:[/red] nothing to do: EVERLOOK_STYLIZE_CONCURRENCY is 0 and "
+                  "files are not worked here; give --concurrency")  # fmt: skip
         raise typer.Exit(EXIT_USAGE)
 
     def on_signal(signum: int, _frame: Any) -> None:
         logging.getLogger("everlook.stylize").info(
-            "%s: putting running jobs back in the queue, then stopping",
+            "%s: finishing the current batch, putting running style jobs back, stopping",
             signal.Signals(signum).name,
         )
-        w.stop()
+        style.stop()
+        if watcher is not None:
+            watcher.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    err.print(f"worker {w.owner}: running style jobs, {w.opts.concurrency} at a time; "
-              "Ctrl-C to stop", highlight=False)  # fmt: skip
-    w.run_forever()
+    kinds = ", ".join(k for k, on in (("files", watcher is not None),
+                                       (f"style jobs ({style.opts.concurrency} at a time)",
+                                        style.opts.concurrency > 0)) if on)  # fmt: skip
+    err.print(f"worker {style.owner}: running {kinds}; Ctrl-C to stop", highlight=False)
+    styling = None
+    if style.opts.concurrency > 0:
+        styling = threading.Thread(target=style.run_forever, name="everlook-style-jobs",
+                                   daemon=True)  # fmt: skip
+        styling.start()
+    if watcher is not None:
+        watcher.work_forever()
+        err.print(f"worker ended: {summary(watcher.totals)}")
+    if styling is not None:
+        styling.join()
 
 
 @app.command()

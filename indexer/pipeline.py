@@ -177,6 +177,30 @@ class Pipeline:
         index to the caller (the watcher saves when idle); it is saved only if changed."""
         report = Report()
         roots = [os.path.abspath(r) for r in roots]
+        known, todo, gone, problems, seen = self._plan(roots, report)
+        self._work(todo, known, {known[p].item_id for p in gone}, report, progress)
+        self._finish(problems, gone, report, everywhere=True)
+        self.catalog.forget_failures_under(roots, keep=seen)
+        if save and self._changed:
+            self.save_indexes()
+        return report
+
+    def plan(self, roots: Sequence[str]) -> tuple[list[Found], list[str], Report]:
+        """What a run over roots would do, without doing it (no read, no model): the
+        files to index (new or changed) and the catalog paths gone from disk. A watcher
+        that leaves the work to `everlook worker` processes queues these."""
+        report = Report()
+        roots = [os.path.abspath(r) for r in roots]
+        _known, todo, gone, problems, seen = self._plan(roots, report)
+        if problems:
+            report.failed.extend(problems)
+            self.catalog.record_failures(problems)
+        self.catalog.forget_failures_under(roots, keep=seen)
+        return todo, gone, report
+
+    def _plan(
+        self, roots: list[str], report: Report
+    ) -> tuple[dict[str, KnownPath], list[Found], list[str], list[tuple[str, str]], set[str]]:
         known = self._begin(roots)
         todo: list[Found] = []
         seen: set[str] = set()
@@ -189,12 +213,7 @@ class Pipeline:
                 self._sort(got, known, todo, report)
         rules = self.opts.rules
         gone = [p for p in known if p not in seen and not rules.skipped(p)]
-        self._work(todo, known, {known[p].item_id for p in gone}, report, progress)
-        self._finish(problems, gone, report, everywhere=True)
-        self.catalog.forget_failures_under(roots, keep=seen)
-        if save and self._changed:
-            self.save_indexes()
-        return report
+        return known, todo, gone, problems, seen
 
     @property
     def changed(self) -> bool:

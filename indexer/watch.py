@@ -180,11 +180,23 @@ class Watcher:
         self._queue_file(dest, now, closed=True)
 
     # ---- lifecycle (main thread) --------------------------------------------------------
-    def start(self) -> Report:
+    def start(self, enqueue_only: bool = False) -> Report:
+        """Release jobs of this host's dead processes, follow the folders, and bring the
+        catalog in step with them: here, or (enqueue_only) by queueing what changed for
+        `everlook worker` processes, which may run on other machines."""
         released = self.queue.release_dead()
         if released:
             log.info("released %d jobs claimed by a process of this host that is gone", released)
         self.observer = self._start_observer()
+        if enqueue_only:
+            log.info("comparing %s with the catalog ...", ", ".join(self.roots))
+            todo, gone, report = self.pipeline.plan(self.roots)
+            now = time.time()
+            self.queue.put_many([(f.path, "index", now, f.size, f.mtime_ns) for f in todo]
+                                + [(p, "delete", now, None, None) for p in gone])  # fmt: skip
+            log.info("queued for the workers: %d files to index, %d gone, %d unchanged",
+                     len(todo), len(gone), report.unchanged)  # fmt: skip
+            return report
         log.info("reconciling %s with the catalog ...", ", ".join(self.roots))
         report = self.pipeline.run(self.roots, save=False)  # saved by _save, when idle
         if self.pipeline.changed:
@@ -217,14 +229,23 @@ class Watcher:
         observer.start()
         return observer
 
-    def run_forever(self) -> None:
-        """Work the queue until stop() or a signal; then leave cleanly."""
+    def run_forever(self, work: bool = True) -> None:
+        """Work the queue until stop() or a signal; then leave cleanly. work=False: only
+        queue what the folders' events say (workers elsewhere do the work)."""
         try:
             while not self.stop_event.is_set():
-                if not self.step():
-                    self.stop_event.wait(self._sleep_for())
+                if not work or not self.step():
+                    self.stop_event.wait(self._sleep_for() if work else 0.5)
         finally:
             self.close()
+
+    def work_forever(self) -> None:
+        """A worker: no folders of its own; jobs others queued (and enrichment when
+        none is due) until stop(). Jobs of this host's dead processes are taken back."""
+        released = self.queue.release_dead()
+        if released:
+            log.info("released %d jobs claimed by a process of this host that is gone", released)
+        self.run_forever()
 
     def stop(self) -> None:
         self.stop_event.set()
