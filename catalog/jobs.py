@@ -194,6 +194,25 @@ class JobQueue:
                           .values(claimed=False, owner=None, lease_until=None))  # fmt: skip
         return len(dead)
 
+    def summary(self, now: float | None = None) -> dict[str, Any]:
+        """What to watch in a deployment: jobs waiting, held under a live lease, held
+        past their lease (a worker died and none has taken them yet), and how long the
+        oldest due job has waited."""
+        now = time.time() if now is None else now
+        with self.Session() as s:
+
+            def count(*where: Any) -> int:
+                return int(s.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
+
+            oldest = s.scalar(select(func.min(Job.due_at)).where(Job.claimed.is_(False)))
+            return {
+                "queued": count(Job.claimed.is_(False)),
+                "held": count(Job.claimed.is_(True), Job.lease_until >= now),
+                "lease_expired": count(Job.claimed.is_(True), or_(Job.lease_until.is_(None),
+                                                                  Job.lease_until < now)),
+                "oldest_wait_s": round(max(0.0, now - oldest), 1) if oldest is not None else 0.0,
+            }  # fmt: skip
+
     def pending(self) -> int:
         with self.Session() as s:
             return int(s.scalar(select(func.count()).select_from(Job)) or 0)

@@ -228,8 +228,11 @@ def _print_summary(report: Any, elapsed: float) -> None:
 @app.command()
 def stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Items by kind, per-stage progress, failures with reasons, index size, models."""
+    from catalog.jobs import JobQueue
+
     parts = _parts()
     data = parts.catalog.stats()
+    data["queue"] = JobQueue(parts.catalog.engine).summary()
     data["index"] = parts.index.describe()
     data["progress"] = _stage_progress(parts)
     data["settings"] = {
@@ -244,6 +247,10 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")
     items = data["items"]
     kinds = ", ".join(f"{k} {v}" for k, v in items["by_kind"].items()) or "none"
     out.print(f"[bold]items[/bold] {items['total']} ({kinds}), paths {data['paths']}")
+    q = data["queue"]
+    if q["queued"] or q["held"] or q["lease_expired"]:
+        out.print(f"[bold]queue[/bold] {q['queued']} waiting (oldest {q['oldest_wait_s']} s), "
+                  f"{q['held']} being worked, {q['lease_expired']} past their lease")  # fmt: skip
     for stage, p in data["progress"].items():
         if "unavailable" in p:
             out.print(
@@ -372,6 +379,57 @@ def db_upgrade() -> None:
     engine = make_engine(_settings().catalog_url)
     migrations.upgrade(engine)
     out.print(f"catalog at revision {migrations.current(engine)}")
+
+
+@app.command("migrate-store")
+def migrate_store(
+    ctx: typer.Context,
+    database_url: Annotated[str, typer.Option(
+        "--database-url", help="The catalog to move to: postgresql+psycopg://user@host/db "
+        "(an empty database).")],
+    milvus_uri: Annotated[str | None, typer.Option(
+        "--milvus-uri", help="Also move the vectors to this Milvus (http://host:19530).")] = None,
+    milvus_collection: Annotated[str | None, typer.Option(
+        "--milvus-collection", help="Alias prefix there (default EVERLOOK_MILVUS_COLLECTION).")
+    ] = None,
+) -> None:  # fmt: skip
+    """Move this library onto servers many machines share: the catalog (every table, ids
+    kept) into PostgreSQL and, with --milvus-uri, its vectors into Milvus. The library
+    here is left as it was; afterwards, point EVERLOOK_DATABASE_URL (and
+    EVERLOOK_VECTOR_BACKEND/EVERLOOK_MILVUS_URI) at the new ones."""
+    from catalog import make_engine
+    from catalog.transfer import TargetNotEmpty, copy_catalog
+    from everlook.wiring import Parts
+
+    parts = _parts()
+    hold_writer(ctx, parts, "migrate-store")  # nothing changes the library meanwhile
+    s = parts.settings
+    if database_url == s.catalog_url:
+        raise _fail_config(ValueError("--database-url is the catalog in use already"))
+    import migrations
+
+    target = make_engine(database_url)
+    migrations.ensure_head(target)  # the source is, being open
+    try:
+        report = copy_catalog(parts.catalog.engine, target)
+    except TargetNotEmpty as exc:
+        raise _fail_config(exc) from exc
+    rows = ", ".join(f"{n} {t}" for t, n in report.rows.items() if n)
+    out.print(f"catalog copied to {escape(target.url.render_as_string())}: {rows}",
+              highlight=False)  # fmt: skip
+    update: dict[str, Any] = {"database_url": database_url}
+    if milvus_uri:
+        update.update(vector_backend="milvus", milvus_uri=milvus_uri)
+        if milvus_collection:
+            update["milvus_collection"] = milvus_collection
+        moved = Parts(s.model_copy(update=update))
+        for name, sp in moved.spaces.items():
+            sp.index.open()  # built in Milvus from the copied catalog, which holds the vectors
+            sp.index.save()
+            out.print(f"{name}: {sp.index.count()} vectors in Milvus "
+                      f"({getattr(sp.index.store, 'name', '?')})", highlight=False)  # fmt: skip
+    out.print("now set: " + " ".join(
+        f"EVERLOOK_{k.upper()}={v}" for k, v in update.items()), highlight=False)  # fmt: skip
 
 
 def main() -> None:

@@ -247,6 +247,12 @@ class VectorIndex:
         measured at its build...), and what this process serves when it is loaded."""
         out = vectors.describe(self.backend, self.path)
         describe = getattr(self._store, "describe", None)
+        if describe is None and self.where:  # a server's store: ask it, without a catch-up
+            try:
+                describe = getattr(vectors.load(self.backend, self.path, self.info,
+                                                **self.where), "describe", None)  # fmt: skip
+            except Exception as exc:  # unreachable, or not built yet: said, not raised
+                out["problem"] = str(exc)
         if describe is not None:
             out["serving"] = describe()
         out["rebuilding"] = self._rebuilding is not None and self._rebuilding.is_alive()

@@ -81,7 +81,8 @@ def test_workers_killed_at_random_index_and_enrich_a_library_exactly_once(
     migrations.ensure_head(make_engine(url))  # polled from the start
     settings = {
         "EVERLOOK_DATABASE_URL": url, "EVERLOOK_VECTOR_BACKEND": "milvus",
-        "EVERLOOK_MILVUS_URI": milvus_uri, "EVERLOOK_MILVUS_COLLECTION": f"c_{uuid.uuid4().hex[:8]}",
+        "EVERLOOK_MILVUS_URI": milvus_uri,
+        "EVERLOOK_MILVUS_COLLECTION": f"c_{uuid.uuid4().hex[:8]}",
         "EVERLOOK_MODEL_DIR": str(model_dir), "EVERLOOK_CLIP_MODEL": TINY,
         "EVERLOOK_CLIP_PRETRAINED": TINY_TAG, "EVERLOOK_DEVICE": "cpu",
         "EVERLOOK_BATCH_SIZE": "8", "EVERLOOK_CPU_BF16": "false",
@@ -160,12 +161,14 @@ def test_workers_killed_at_random_index_and_enrich_a_library_exactly_once(
     # Two API replicas, each with its own home, answer alike.
     api = [{**settings, "EVERLOOK_HOME": str(_home(tmp_path, f"api{i}", onnx_cache))}
            for i in range(2)]  # fmt: skip
-    with serving(api[0], cwd=tmp_path) as a, serving(api[1], cwd=tmp_path) as b:
-        with a.client() as ca, b.client() as cb:
-            for q in ("a red square", "a photo of a dog", "blue"):
-                ra = ca.get("/api/search", params={"q": q, "k": 10})
-                rb = cb.get("/api/search", params={"q": q, "k": 10})
-                assert ra.status_code == rb.status_code == 200, (ra.text, rb.text)
-                hits_a = [(h["item_id"], round(h["score"], 5)) for h in ra.json()["results"]]
-                hits_b = [(h["item_id"], round(h["score"], 5)) for h in rb.json()["results"]]
-                assert hits_a == hits_b and len(hits_a) == 10
+    with (
+        serving(api[0], cwd=tmp_path) as a, serving(api[1], cwd=tmp_path) as b,
+        a.client() as ca, b.client() as cb,
+    ):  # fmt: skip
+        for q in ("a red square", "a photo of a dog", "blue"):
+            ra = ca.get("/api/search", params={"q": q, "k": 10})
+            rb = cb.get("/api/search", params={"q": q, "k": 10})
+            assert ra.status_code == rb.status_code == 200, (ra.text, rb.text)
+            hits_a = [(h["item_id"], round(h["score"], 5)) for h in ra.json()["results"]]
+            hits_b = [(h["item_id"], round(h["score"], 5)) for h in rb.json()["results"]]
+            assert hits_a == hits_b and len(hits_a) == 10

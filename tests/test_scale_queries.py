@@ -125,7 +125,10 @@ def test_a_stage_caught_up_looks_only_at_items_added_since(parts, tmp_path: Path
         return book.pending("style", "m1", ["image"], 3, limit=100)
 
     assert pending() == ids
-    book.save("style", "m1", {i: StageOutput() for i in ids}, {})
+    book.save("style", "m1", {i: StageOutput() for i in ids if i != ids[1]}, {ids[1]: "boom"})
+    assert pending() == [ids[1]]  # a failure with attempts left
+    for _ in range(2):
+        book.save("style", "m1", {}, {ids[1]: "boom"})  # attempts 2 and 3: given up
     assert pending() == []  # a whole look, once: everything is settled
     top = max(ids)
     with statements(parts.catalog.engine) as seen:
@@ -138,13 +141,29 @@ def test_a_stage_caught_up_looks_only_at_items_added_since(parts, tmp_path: Path
     pipeline.run_files([str(lib / "later.jpg")])
     new = parts.catalog.item_id_for_path(str(lib / "later.jpg"))
     assert new is not None and pending() == [new]
-    book.save("style", "m1", {new: StageOutput()}, {ids[1]: "boom"})  # attempt 2 of 3
-    assert pending() == [ids[1]], "a failure with attempts left is pending again"
-    book.save("style", "m1", {}, {ids[1]: "boom again"})  # attempt 3: given up
+    book.save("style", "m1", {new: StageOutput()}, {})
     assert pending() == []
-    book.retry_failed("style")
+    book.retry_failed("style")  # below the mark, pending again
     assert pending() == [ids[1]]
     assert book.progress("style", "m1", ["image"], 3)["retrying"] == 1
+    book.save("style", "m1", {}, {ids[1]: "boom again"})  # attempt 1 of 3 again
+    assert pending() == [ids[1]], "a failure with attempts left is pending again"
+    # Results are written once: a failure reported for an item another worker has
+    # stored as done (both ran it) leaves the item done.
+    book.save("style", "m1", {}, {ids[0]: "late failure"})
+    assert book.settled("style", "m1", [ids[0]], 3) == {ids[0]}
+    assert statuses_of(book, ids[0]) == "done"
+
+
+def statuses_of(book: Any, item_id: int) -> str:
+    from sqlalchemy import select
+
+    from catalog.models import StageStatus
+
+    with book.Session() as s:
+        st = s.scalar(select(StageStatus.status).where(StageStatus.item_id == item_id,
+                                                       StageStatus.stage == "style"))  # fmt: skip
+    return str(getattr(st, "value", st))
 
 
 def test_a_new_item_under_a_reused_id_is_still_pending(parts, tmp_path: Path):

@@ -154,6 +154,12 @@ class MilvusStore:
 
     # ---- changes -------------------------------------------------------------------
     def add(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None:
+        self._write(ids, vectors, "upsert")
+
+    def _write(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, how: str) -> None:
+        """upsert: replace, never duplicate an id. insert: only into a collection being
+        built, ids known new (an upsert is a delete and an insert: a bulk load of upserts
+        leaves a delete record per row for every search to apply)."""
         arr = _ids(ids)
         vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(arr), -1)
         if vecs.shape[1] != self.info.dim:
@@ -163,10 +169,11 @@ class MilvusStore:
         # The last vector of an id repeated in one batch wins, as it would one by one.
         last = len(arr) - 1 - np.unique(arr[::-1], return_index=True)[1]
         arr, vecs = arr[last], vecs[last]
-        for s in range(0, len(arr), PAGE):  # upsert: replace, never duplicate an id
+        call = self.client.upsert if how == "upsert" else self.client.insert
+        for s in range(0, len(arr), PAGE):
             rows = [{ID: int(i), VEC: v} for i, v in zip(arr[s : s + PAGE], vecs[s : s + PAGE],
                                                         strict=True)]  # fmt: skip
-            self._call("upsert", self.client.upsert, self.name, rows)
+            self._call(how, call, self.name, rows)
         self._changed()
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
@@ -367,8 +374,11 @@ def build_milvus(
     name = _fresh_name(alias)
     _new_collection(cl, info, name, props)
     store = MilvusStore(info, uri, name, token=token, alias=alias)
-    for ids, vecs in source.batches():
-        store.add(ids, vecs)
+    for ids, vecs in source.batches():  # each id once: a catalog's (item, model) is unique
+        store._write(ids, vecs, "insert")
+    # Sealed segments get their index now, rather than growing ones searched by brute
+    # force until Milvus seals them on its own.
+    store._call("flush", cl.flush, name)
     store.meta.update(trained_on=store.count(), built_at=_now_iso())
     if store.kind == "ivf":
         _tune(store, source, options)
