@@ -54,6 +54,11 @@ FORMAT = "everlook-milvus/1"
 ID, VEC = "id", "vec"
 PAGE = 8192  # rows per upsert, query page or id chunk of a filter
 TOPK_MAX = 16384  # Milvus refuses a larger limit on one search
+# Probes that cover every list whatever a segment's list count (Milvus's largest nprobe;
+# FAISS clamps it to the lists there are). Not the collection's own nlist: Milvus trains
+# each segment's lists itself, and Milvus Lite builds them with its default of 128
+# whatever the collection asked for.
+ALL_LISTS = 65536
 K, QUERIES = 10, 100  # recall@K measured over this many queries per family
 _CLIENTS: dict[tuple[str, str], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -209,22 +214,22 @@ class MilvusStore:
             k = min(k, len(allow_ids))
             rows: list[list[tuple[int, float]]] = [[] for _ in range(len(q))]
             for s in range(0, len(allow_ids), PAGE):  # every list probed: exact top k
-                part = self._search(q, k, self.nlist, _in(allow_ids[s : s + PAGE]))
+                part = self._search(q, k, ALL_LISTS, _in(allow_ids[s : s + PAGE]))
                 rows = [sorted(a + b, key=lambda p: -p[1])[:k] for a, b in
                         zip(rows, part, strict=True)]  # fmt: skip
             return rows
         if k <= 0:
             return [[] for _ in range(len(q))]
         rows = self._search(q, k, self.nprobe, "")
-        if self.kind == "ivf" and self.nprobe < self.nlist and min(len(r) for r in rows) < k:
+        if self.kind == "ivf" and min(len(r) for r in rows) < k:
             # The probed lists held fewer than k (or the collection does): probe them all,
             # never answer short. No count asked first: one round trip per query.
-            rows = self._search(q, k, self.nlist, "")
+            rows = self._search(q, k, ALL_LISTS, "")
         return rows
 
     @property
     def nprobe(self) -> int:
-        return int(self.meta.get("nprobe") or self.nlist)
+        return int(self.meta.get("nprobe") or ALL_LISTS)
 
     def _search(
         self, q: np.ndarray, k: int, nprobe: int, expr: str
@@ -418,7 +423,7 @@ def _tune(store: MilvusStore, source: VectorSource, options: BuildOptions) -> No
             return [{i for i, _ in r[:K]} for r in rows]
         return [set([i for i, _ in r if i != d][:K]) for r, d in zip(rows, drop, strict=True)]
 
-    truth = {f: top(q, d, store.nlist) for f, (q, d) in families.items()}
+    truth = {f: top(q, d, ALL_LISTS) for f, (q, d) in families.items()}
     cache: dict[int, dict[str, float]] = {}
 
     def recalls(nprobe: int) -> dict[str, float]:
@@ -432,9 +437,8 @@ def _tune(store: MilvusStore, source: VectorSource, options: BuildOptions) -> No
         return cache[nprobe]
 
     nprobe = 1
-    while nprobe < store.nlist and min(recalls(nprobe).values()) < options.recall:
+    while nprobe < ALL_LISTS and min(recalls(nprobe).values()) < options.recall:
         nprobe *= 2
-    nprobe = min(nprobe, store.nlist)
     got = recalls(nprobe)
     store.meta.update(nprobe=nprobe, recall=got, recall_at_10=min(got.values()))
     log.info("milvus index %s: IVF_FLAT over %d vectors, %d lists, %d probed per query; "
