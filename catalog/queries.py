@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, delete, exists, func, or_, select
@@ -41,6 +41,11 @@ class KnownPath(NamedTuple):
     # The item needs nothing from the pipeline in the space asked about (known_paths'
     # ready_in): it has that model's vector, or it is a sound (embedded by its stages).
     ready: bool = False
+
+
+def _utc(at: datetime) -> datetime:
+    """Naive (SQLite's reading of the UTC times written) and aware (PostgreSQL's) alike."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
 @dataclass
@@ -241,7 +246,7 @@ class Catalog:
                     select(*cols, Embedding.created_at).where(Embedding.id < below)
                     .order_by(Embedding.id.desc()).limit(64)
                 ).all()  # fmt: skip
-                newer = [tuple(r[:4]) for r in batch if r[4] > since]
+                newer = [tuple(r[:4]) for r in batch if _utc(r[4]) > _utc(since)]
                 out.extend(newer)
                 if not batch or len(newer) < len(batch):
                     break

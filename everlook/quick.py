@@ -25,6 +25,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -217,10 +218,20 @@ def _current_index(lite: Any, path: Path, model_id: str, dim: int) -> Any:
         store = vectors.load("faiss", path, IndexInfo(model_id=model_id, dim=dim))
     except IndexUnusable:
         return None
-    saved = getattr(store, "meta", {}).get("mark")
+    saved: Any = getattr(store, "meta", {}).get("mark") or {}
     rows, last_id, last_at = lite.embeddings_table_mark()
-    now = {"rows": rows, "last_id": last_id, "last_at": last_at.isoformat() if last_at else None}
-    return store if saved == now else None
+    try:
+        same = (saved["rows"], saved["last_id"]) == (rows, last_id) and _utc(
+            None if saved["last_at"] is None else datetime.fromisoformat(saved["last_at"])
+        ) == _utc(last_at)  # fmt: skip
+    except (TypeError, KeyError, ValueError):  # no mark, or not one this reads
+        return None
+    return store if same else None
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """As catalog_sync.utc: the catalog's UTC times, naive from SQLite, made aware."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
 DECLINED = False  # this process's cold path said no: the full path need not ask again

@@ -231,6 +231,36 @@ def demo_lib(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture(scope="session")
+def demo_lib_pg(demo_lib: Any, postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The demo library with its catalog on PostgreSQL: the SQLite catalog copied into a
+    database of the session's server by catalog.transfer (what `everlook migrate-store`
+    does), ids and vectors kept; a home of its own with the same model caches and a
+    copy of the index files (their catalog mark holds for the copy)."""
+    import migrations
+    from catalog import make_engine
+    from catalog.transfer import copy_catalog
+    from tests.serving import DemoLibrary
+
+    url = new_pg_database(postgres)
+    src = make_engine(f"sqlite:///{demo_lib.settings['EVERLOOK_HOME']}/catalog.db")
+    dst = make_engine(url)
+    migrations.ensure_head(dst)
+    copy_catalog(src, dst)
+    src.dispose()
+    dst.dispose()
+    base = tmp_path_factory.mktemp("demo-lib-pg")
+    old = Path(demo_lib.settings["EVERLOOK_HOME"])
+    home = base / "home"
+    home.mkdir()
+    if (old / "models").exists():
+        (home / "models").symlink_to(old / "models", target_is_directory=True)
+    if (old / "index").exists():
+        shutil.copytree(old / "index", home / "index")
+    settings = {**demo_lib.settings, "EVERLOOK_HOME": str(home), "EVERLOOK_DATABASE_URL": url}
+    return DemoLibrary(settings, demo_lib.library, base)
+
+
+@pytest.fixture(scope="session")
 def demo_server(demo_lib: Any) -> Iterator[Any]:
     """A real `everlook serve` (watcher included) over the demo library."""
     from tests.serving import serving

@@ -92,3 +92,39 @@ def python_alone(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env["PYTHONPATH"] = str(repo)
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
                           text=True)  # fmt: skip
+
+
+_ENGINES: dict[str, Any] = {}
+
+
+def catalog_url_of(env: dict[str, str]) -> str:
+    """The catalog a test's settings name (its PostgreSQL database, or the SQLite file in
+    its home), as another process would open it."""
+    return env.get("EVERLOOK_DATABASE_URL") or f"sqlite:///{env['EVERLOOK_HOME']}/catalog.db"
+
+
+def sql(env: dict[str, str], query: str) -> list[tuple[Any, ...]]:
+    """Rows of a query on the test's catalog, read from outside the process writing it;
+    [] while the catalog is not there yet (no file, or not migrated). A SQLite file is
+    opened read-only, so reading never creates it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = catalog_url_of(env)
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///") :])
+        if not db.exists():
+            return []
+        url = f"sqlite:///file:{db}?mode=ro&uri=true"
+    if url not in _ENGINES:
+        _ENGINES[url] = create_engine(url, pool_pre_ping=True)
+    try:
+        with _ENGINES[url].connect() as c:
+            return [tuple(r) for r in c.execute(text(query))]
+    except SQLAlchemyError:
+        return []
+
+
+def sql_count(env: dict[str, str], query: str) -> int:
+    rows = sql(env, query)
+    return int(rows[0][0]) if rows else 0

@@ -19,9 +19,11 @@ pytestmark = pytest.mark.slow
 TOKEN = "correct horse battery staple"
 
 
-@pytest.fixture(scope="module")
-def api(demo_lib: Any) -> Iterator[Api]:
-    with demo_api(demo_lib) as a:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api(demo_lib: Any, request: pytest.FixtureRequest) -> Iterator[Api]:
+    """The app over the demo library, its catalog on SQLite, then on PostgreSQL."""
+    lib = demo_lib if request.param == "sqlite" else request.getfixturevalue("demo_lib_pg")
+    with demo_api(lib) as a:
         yield a
 
 

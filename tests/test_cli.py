@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,10 @@ def test_like_by_path_and_by_id_agree_and_leave_the_item_out(cli, indexed):
     code, by_path = cli.json("search", "--like", str(indexed[0]), "-k", "5")
     assert code == 0 and len(by_path) == 5
     assert str(indexed[0]) not in [h["path"] for h in by_path]
-    item_id = (
-        sqlite3.connect(Path(_home()) / "catalog.db")
-        .execute("select item_id from paths where path = ?", (bytes(indexed[0]),))
-        .fetchone()[0]
-    )
+    from everlook.settings import Settings
+    from everlook.wiring import open_catalog
+
+    item_id = open_catalog(Settings()).item_id_for_path(str(indexed[0]))
     code, by_id = cli.json("search", "--like", str(item_id), "-k", "5")
     assert [h["item_id"] for h in by_id] == [h["item_id"] for h in by_path]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,19 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import make_library
+from tests.helpers import make_library, sql, sql_count
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_catalogs]
 
 
-def count_items(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return int(con.execute("select count(*) from items").fetchone()[0])
-    except sqlite3.Error:
-        return 0  # not created or not migrated yet
+def count_items(env: dict[str, str]) -> int:
+    return sql_count(env, "select count(*) from items")  # 0: not created or migrated yet
 
 
 def start(env: dict[str, str], lib: Path) -> subprocess.Popen[bytes]:
@@ -43,32 +36,28 @@ def test_sigkill_mid_run_then_rerun_indexes_every_file_exactly_once(env, tmp_pat
     # two copies of one photo: must end as one item with two paths, even across kills
     (lib / "dup.jpg").write_bytes(files[5].read_bytes())
     env = {**env, "EVERLOOK_BATCH_SIZE": "4", "EVERLOOK_INDEX_SAVE_EVERY": "8"}
-    db = Path(env["EVERLOOK_HOME"]) / "catalog.db"
     kills = 0
     for threshold in (10, 35, 60):
         proc = start(env, lib)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if count_items(db) >= threshold:
+            if count_items(env) >= threshold:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
                 break
             time.sleep(0.02)
         proc.wait(timeout=30)
     assert kills >= 2, "the runs finished before they could be killed: make the library bigger"
-    assert count_items(db) < 90
+    assert count_items(env) < 90
 
     final = start(env, lib)
     assert final.wait(timeout=300) == 0
 
-    with sqlite3.connect(db) as con:
-        paths = [os.fsdecode(r[0]) for r in con.execute("select path from paths")]
-        items = con.execute("select count(*), count(distinct sha256) from items").fetchone()
-        emb_ids = sorted(r[0] for r in con.execute("select item_id from embeddings"))
-        item_ids = sorted(r[0] for r in con.execute("select id from items"))
-        stage_done = con.execute(
-            "select count(*) from stage_status where status='done'"
-        ).fetchone()[0]
+    paths = [os.fsdecode(bytes(r[0])) for r in sql(env, "select path from paths")]
+    items = sql(env, "select count(*), count(distinct sha256) from items")[0]
+    emb_ids = sorted(r[0] for r in sql(env, "select item_id from embeddings"))
+    item_ids = sorted(r[0] for r in sql(env, "select id from items"))
+    stage_done = sql_count(env, "select count(*) from stage_status where status='done'")
     assert sorted(paths) == sorted(str(p) for p in [*files, lib / "dup.jpg"])
     assert items == (90, 90)
     assert emb_ids == item_ids and stage_done == 90

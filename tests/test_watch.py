@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import pytest
 from catalog.jobs import JobQueue
 from indexer.scan import ScanRules
 from indexer.watch import Watcher, WatchOptions
-from tests.helpers import jpeg_bytes, make_library, picture, save, wait_for
+from tests.helpers import jpeg_bytes, make_library, picture, save, sql, sql_count, wait_for
 from tests.test_incremental import CountingEmbedder
 
 QUIET = 0.3
@@ -267,21 +266,12 @@ def _watch_proc(env: dict[str, str], lib: Path, *extra: str) -> subprocess.Popen
     )
 
 
-def _count(db: Path, sql: str) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return int(con.execute(sql).fetchone()[0])
-    except sqlite3.Error:
-        return 0
-
-
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_and_says_what_was_left(env, tmp_path):
     lib = tmp_path / "lib"
     make_library(lib, 2)
     proc = _watch_proc(env, lib)
-    db = Path(env["EVERLOOK_HOME"]) / "catalog.db"
-    wait_for(lambda: _count(db, "select count(*) from items") == 2, timeout=60)
+    wait_for(lambda: sql_count(env, "select count(*) from items") == 2, timeout=60)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
@@ -294,31 +284,31 @@ def test_sigkill_mid_batch_then_restart_indexes_every_file_exactly_once(env, tmp
     env = {**env, "EVERLOOK_BATCH_SIZE": "2"}
     lib = tmp_path / "lib"
     lib.mkdir()
-    db = Path(env["EVERLOOK_HOME"]) / "catalog.db"
     proc = _watch_proc(env, lib)
-    wait_for(lambda: _count(db, "select count(*) from alembic_version") == 1, timeout=60)
+    wait_for(lambda: sql_count(env, "select count(*) from alembic_version") == 1, timeout=60)
     time.sleep(3)  # reconciled, observer running
     files = make_library(lib / "drop", 40)
     wait_for(
-        lambda: _count(db, "select count(*) from items") >= 6, timeout=60, what="some files indexed"
+        lambda: sql_count(env, "select count(*) from items") >= 6,
+        timeout=60,
+        what="some files indexed",
     )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    assert _count(db, "select count(*) from items") < 40, "killed too late to test anything"
+    assert sql_count(env, "select count(*) from items") < 40, "killed too late to test anything"
 
     proc = _watch_proc(env, lib)
     wait_for(
-        lambda: _count(db, "select count(*) from items") == 40,
+        lambda: sql_count(env, "select count(*) from items") == 40,
         timeout=120,
         what="all files after restart",
     )
-    wait_for(lambda: _count(db, "select count(*) from jobs") == 0, timeout=30)
+    wait_for(lambda: sql_count(env, "select count(*) from jobs") == 0, timeout=30)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=15)
-    with sqlite3.connect(db) as con:
-        paths = sorted(os.fsdecode(r[0]) for r in con.execute("select path from paths"))
-        dup = con.execute("select count(*) - count(distinct sha256) from items").fetchone()[0]
-        emb = con.execute("select count(*) from embeddings").fetchone()[0]
+    paths = sorted(os.fsdecode(bytes(r[0])) for r in sql(env, "select path from paths"))
+    dup = sql_count(env, "select count(*) - count(distinct sha256) from items")
+    emb = sql_count(env, "select count(*) from embeddings")
     assert paths == sorted(map(str, files)) and dup == 0 and emb == 40
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,13 @@ class SyncReport:
         return bool(self.rebuilt_because or self.added or self.removed or self.switched)
 
 
+def utc(at: datetime | None) -> datetime | None:
+    """The catalog writes UTC times; SQLite reads them back naive, PostgreSQL aware. A
+    mark saved from one must equal, and compare with, the same time read from the other
+    (a catalog moved by `everlook migrate-store` with its index files kept)."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
 @dataclass(frozen=True)
 class Mark:
     rows: int
@@ -65,13 +72,14 @@ class Mark:
         try:
             at = value["last_at"]
             return cls(int(value["rows"]), int(value["last_id"]),
-                       datetime.fromisoformat(at) if at is not None else None)  # fmt: skip
+                       utc(datetime.fromisoformat(at)) if at is not None else None)  # fmt: skip
         except (TypeError, KeyError, ValueError):
             return None
 
 
 def table_mark(catalog: Catalog) -> Mark:
-    return Mark(*catalog.embeddings_table_mark())
+    rows, last_id, last_at = catalog.embeddings_table_mark()
+    return Mark(rows, last_id, utc(last_at))
 
 
 def decode(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
