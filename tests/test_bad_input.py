@@ -14,6 +14,8 @@ from PIL import Image
 from indexer.media import Limits, MediaError, read_file
 from tests.helpers import jpeg_bytes, make_library, picture
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
 
 def run_index(cli: Any, lib: Path) -> tuple[int, dict[str, Any]]:
     code, summary = cli.json("index", str(lib))

@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import make_library, picture, save
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
 
 @pytest.fixture
 def indexed(cli: Any, tmp_path: Path) -> list[Path]:

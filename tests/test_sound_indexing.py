@@ -17,6 +17,8 @@ import soundfile as sf
 from tests.conftest import SHARED_MEDIA, TINY_IMAGEBIND
 from tests.helpers import jpeg_bytes, make_library, picture, save, tone
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
 
 @pytest.fixture
 def sound_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:

@@ -23,6 +23,8 @@ from indexer.watch import Watcher, WatchOptions
 from tests.helpers import jpeg_bytes, make_library, picture, save, sql, sql_count, wait_for
 from tests.test_incremental import CountingEmbedder
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
 QUIET = 0.3
 
 
