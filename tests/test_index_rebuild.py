@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import make_library
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
 
 def index_and_query(cli: Any, tmp_path: Path) -> tuple[Path, list[Any]]:
     lib = tmp_path / "lib"

@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import make_library
 
+pytestmark = pytest.mark.both_catalogs  # SQLite and PostgreSQL
+
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 
 

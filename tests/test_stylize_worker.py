@@ -20,7 +20,7 @@ from PIL import Image
 from tests.helpers import make_library, picture, wait_for
 from tests.serving import clean_env, serving, stop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_catalogs]
 
 SMALL = {"EVERLOOK_STYLIZE_WEIGHTS": "random", "EVERLOOK_STYLIZE_SIDE": "48",
          "EVERLOOK_STYLIZE_STEPS": "6", "EVERLOOK_STYLIZE_PREVIEW_EVERY": "2"}  # fmt: skip
