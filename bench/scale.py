@@ -126,7 +126,7 @@ def index_workers(lib: Path, n_files: int, workers: int, env: dict[str, str], tm
     os.environ.update({k: v for k, v in env.items() if k.startswith("EVERLOOK_")})
     parts = Parts(Settings())
     migrations.ensure_head(make_engine(env["EVERLOOK_DATABASE_URL"]))
-    todo, _gone, _ = parts.pipeline(parts.scan_rules()).plan([str(lib)])
+    todo, _gone, _problems, _ = parts.pipeline(parts.scan_rules()).plan([str(lib)])
     now = time.time()
     JobQueue(parts.catalog.engine).put_many([(f.path, "index", now - 1, f.size, f.mtime_ns)
                                              for f in todo])  # fmt: skip

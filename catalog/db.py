@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,3 +54,41 @@ def insert_for(s: Session, table: Any) -> Any:
 
         return sqlite.insert(table)
     raise NotImplementedError(f"no INSERT ... ON CONFLICT for {name}")
+
+
+@contextmanager
+def try_exclusive(engine: Engine, name: str) -> Iterator[bool]:
+    """Whether this process may do a once-at-a-time job named ``name`` for the catalog
+    (rebuilding a shared vector index), held for the block: a PostgreSQL advisory lock
+    on a connection of its own, or for a SQLite file an OS file lock beside it. Never
+    waits: False means another process is doing it."""
+    if engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        return
+    db = engine.url.database or ""
+    if db.startswith("file:"):
+        db = db[len("file:") :].partition("?")[0]
+    if not db or db == ":memory:":
+        yield True  # one process has it
+        return
+    from filelock import FileLock, Timeout
+
+    safe = "".join(c if c.isalnum() else "_" for c in name)
+    lock = FileLock(f"{db}.{safe}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()

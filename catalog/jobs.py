@@ -19,10 +19,12 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, or_, select, update
 
-from catalog.db import make_sessionmaker
-from catalog.models import FilePath, Job
+from catalog.db import insert_for, make_sessionmaker
+from catalog.models import FileFailure, FilePath, Job
 from catalog.queries import move_prefix
 from catalog.stylejobs import _pid_alive, new_owner
+
+MAX_ATTEMPTS = 5  # claims of one job before it is given up as a recorded failure
 
 
 @dataclass(frozen=True)
@@ -52,46 +54,30 @@ class JobQueue:
         closed: bool = False,
     ) -> None:
         """Queue work for a path; an existing job for it is updated, not duplicated."""
-        with self.Session.begin() as s:
-            job = s.scalar(select(Job).where(Job.path == path))
-            if job is None:
-                s.add(
-                    Job(
-                        path=path,
-                        action=action,
-                        due_at=due_at,
-                        size=size,
-                        mtime_ns=mtime_ns,
-                        closed=closed,
-                    )
-                )
-                return
-            job.action, job.due_at, job.size, job.mtime_ns = action, due_at, size, mtime_ns
-            job.closed = closed
-            # New evidence: the claim's view of the file is stale. Its holder's finish
-            # then leaves the job queued (finish deletes only jobs still claimed).
-            job.claimed, job.owner, job.lease_until = False, None, None
+        self.put_many([(path, action, due_at, size, mtime_ns)], closed=closed)
 
     def put_many(self, jobs: Sequence[tuple[str, str, float, int | None, int | None]],
                  closed: bool = True, chunk: int = 500) -> None:  # fmt: skip
         """put() for many (path, action, due_at, size, mtime_ns), a transaction per chunk
-        (a start that queues a whole tree: one commit per file would take minutes)."""
-        for s0 in range(0, len(jobs), chunk):
-            part = jobs[s0 : s0 + chunk]
+        (a start that queues a whole tree: one commit per file would take minutes).
+
+        One INSERT ... ON CONFLICT per chunk: the leader's events and a worker expanding
+        a folder may queue the same new path at once. A job already there takes the new
+        evidence and drops its claim (the claim's view of the file is stale; its holder's
+        finish then leaves it queued) and its attempts."""
+        last = {path: (path, action, due, size, mtime) for path, action, due, size, mtime in jobs}
+        rows = [{"path": p, "action": a, "due_at": d, "size": sz, "mtime_ns": m,
+                 "closed": closed, "claimed": False, "attempts": 0}
+                for p, a, d, sz, m in last.values()]  # fmt: skip
+        for s0 in range(0, len(rows), chunk):
             with self.Session.begin() as s:
-                have = {j.path: j for j in s.scalars(select(Job).where(
-                    Job.path.in_([p for p, *_ in part])))}  # fmt: skip
-                for path, action, due_at, size, mtime_ns in part:
-                    job = have.get(path)
-                    if job is None:
-                        job = Job(path=path, action=action, due_at=due_at, size=size,
-                                  mtime_ns=mtime_ns, closed=closed)  # fmt: skip
-                        s.add(job)
-                        have[path] = job
-                        continue
-                    job.action, job.due_at, job.size, job.mtime_ns = action, due_at, size, mtime_ns
-                    job.closed = closed
-                    job.claimed, job.owner, job.lease_until = False, None, None
+                stmt = insert_for(s, Job).values(rows[s0 : s0 + chunk])
+                ex = stmt.excluded
+                s.execute(stmt.on_conflict_do_update(index_elements=["path"], set_={
+                    "action": ex.action, "due_at": ex.due_at, "size": ex.size,
+                    "mtime_ns": ex.mtime_ns, "closed": ex.closed, "claimed": False,
+                    "owner": None, "lease_until": None, "attempts": 0,
+                }))  # fmt: skip
 
     def mark_closed(self, path: str, due_at: float) -> None:
         """The writer closed the file: it is due once quiet from now (its last write)."""
@@ -105,14 +91,36 @@ class JobQueue:
 
     @staticmethod
     def _claimable(now: float) -> Any:
-        """Due, and free: never claimed, released, or held under a lease that ran out."""
-        return and_(Job.due_at <= now, or_(Job.claimed.is_(False), Job.lease_until.is_(None),
-                                           Job.lease_until < now))  # fmt: skip
+        """Due, and free: never claimed, released, or held under a lease that ran out;
+        and not claimed MAX_ATTEMPTS times already (see _give_up)."""
+        return and_(Job.due_at <= now, Job.attempts < MAX_ATTEMPTS,
+                    or_(Job.claimed.is_(False), Job.lease_until.is_(None),
+                        Job.lease_until < now))  # fmt: skip
+
+    def _give_up(self, s: Any, now: float) -> None:
+        """A job claimed MAX_ATTEMPTS times without being finished took its workers down
+        each time (a file that crashes a decoder, say): it becomes a recorded failure
+        instead of a crash loop. Seen again by the next scan, or when the file changes."""
+        stuck = select(Job.id, Job.path).where(
+            Job.attempts >= MAX_ATTEMPTS,
+            or_(Job.claimed.is_(False), Job.lease_until.is_(None), Job.lease_until < now),
+        )  # fmt: skip
+        rows = list(s.execute(stuck))
+        if not rows:
+            return
+        why = (f"its worker stopped (crashed or was killed) on each of {MAX_ATTEMPTS} "
+               "attempts to index it")  # fmt: skip
+        for _id, path in rows:
+            s.execute(insert_for(s, FileFailure).values(path=path, reason=why, attempts=1)
+                      .on_conflict_do_update(index_elements=["path"],
+                                             set_={"reason": why}))  # fmt: skip
+        s.execute(delete(Job).where(Job.id.in_([r[0] for r in rows])))
 
     def claim(self, now: float, limit: int) -> list[Claimed]:
         """Up to limit due jobs, oldest first, now held by this queue's owner."""
         lease = now + self.lease_s
         with self.Session.begin() as s:
+            self._give_up(s, now)
             free = self._claimable(now)
             # Rows another claimer holds locked are skipped, not waited for (PostgreSQL).
             ids = list(s.scalars(select(Job.id).where(free).order_by(Job.due_at).limit(limit)
@@ -166,9 +174,10 @@ class JobQueue:
 
     def reschedule(self, job_id: int, due_at: float, size: int | None, mtime_ns: int | None,
                    closed: bool | None = None) -> None:  # fmt: skip
+        # Looked at and found unsettled: a claim that ended well, not one that crashed.
         values: dict[str, object] = {"claimed": False, "due_at": due_at, "size": size,
                                      "mtime_ns": mtime_ns, "owner": None,
-                                     "lease_until": None}  # fmt: skip
+                                     "lease_until": None, "attempts": 0}  # fmt: skip
         if closed is not None:
             values["closed"] = closed
         with self.Session.begin() as s:
@@ -181,16 +190,17 @@ class JobQueue:
         import socket
 
         host = socket.gethostname()
-        dead: list[int] = []
+        dead: list[tuple[int, str | None]] = []
         with self.Session.begin() as s:
             rows = s.execute(select(Job.id, Job.owner).where(Job.claimed.is_(True)))
             for job_id, owner in rows:
                 parts = (owner or "").split(":")
                 if owner is None or (len(parts) == 3 and parts[0] == host and parts[1].isdigit()
                                      and not alive(int(parts[1]))):  # fmt: skip
-                    dead.append(job_id)
-            if dead:
-                s.execute(update(Job).where(Job.id.in_(dead))
+                    dead.append((job_id, owner))
+            for job_id, owner in dead:  # only if still that owner's: not a fresh claim
+                held_by = Job.owner.is_(None) if owner is None else Job.owner == owner
+                s.execute(update(Job).where(Job.id == job_id, Job.claimed.is_(True), held_by)
                           .values(claimed=False, owner=None, lease_until=None))  # fmt: skip
         return len(dead)
 

@@ -173,7 +173,7 @@ class Catalog:
                 "width": it.width, "height": it.height, "size_bytes": it.size_bytes,
                 "taken_at": _iso(it.taken_at), "camera_make": it.camera_make,
                 "camera_model": it.camera_model, "gps": [it.gps_lat, it.gps_lon]
-                if it.gps_lat is not None else None, "created_at": _iso(it.created_at),
+                if it.gps_lat is not None else None, "created_at": _iso(_utc(it.created_at)),
                 "duration_s": it.duration_s, "sample_rate": it.sample_rate,
                 "channels": it.channels,
             }  # fmt: skip
@@ -352,13 +352,20 @@ class Catalog:
                 if item_id is None:
                     # One statement, race-free: another process storing the same content
                     # at the same moment makes one item, and both get its id.
-                    item_id = s.scalar(
+                    # (No RETURNING: SQLite has it only from 3.35.)
+                    s.execute(
                         insert_for(s, Item).values(
                             sha256=new.sha256, kind=new.kind, format=new.format,
                             width=new.width, height=new.height, size_bytes=new.size_bytes,
                             **new.meta,
-                        ).on_conflict_do_nothing(index_elements=["sha256"]).returning(Item.id)
-                    ) or s.scalar(select(Item.id).where(Item.sha256 == new.sha256))  # fmt: skip
+                        ).on_conflict_do_nothing(index_elements=["sha256"])
+                    )  # fmt: skip
+                    # Held FOR SHARE to the commit: a worker pruning this item as an
+                    # orphan (it locks FOR UPDATE, then looks for paths again) waits and
+                    # then sees the path this adds; or it went first, and the insert
+                    # above, having waited for it, made the item anew.
+                    item_id = s.scalar(select(Item.id).where(Item.sha256 == new.sha256)
+                                       .with_for_update(read=True))  # fmt: skip
                     assert item_id is not None
                 if new.sha256 not in ids and new.vector:  # audio: embedded by a stage
                     self._put_embedding(s, item_id, new, stage)
@@ -392,11 +399,21 @@ class Catalog:
             )
         )  # fmt: skip
 
-    def set_paths(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
-        """(path, item_id, size, mtime_ns): point paths at existing items."""
+    def set_paths(self, rows: Sequence[tuple[str, int, int, int]]) -> list[str]:
+        """(path, item_id, size, mtime_ns): point paths at existing items. Returns the
+        paths not pointed, because their item was deleted meanwhile (another worker
+        pruned it as an orphan before this committed): index those files again."""
+        gone: list[str] = []
         with self.Session.begin() as s:
             for path, item_id, size, mtime in rows:
+                # FOR SHARE: see add_items. None: it went before we could hold it.
+                held = s.scalar(select(Item.id).where(Item.id == item_id)
+                                .with_for_update(read=True))  # fmt: skip
+                if held is None:
+                    gone.append(path)
+                    continue
                 self._detach(self._set_path(s, path, item_id, size, mtime))
+        return gone
 
     def _detach(self, item_id: int | None) -> None:
         if item_id is not None:
@@ -430,8 +447,18 @@ class Catalog:
     def _delete_orphans(s: Session, candidates: set[int]) -> list[int]:
         if not candidates:
             return []
-        still = set(s.scalars(select(FilePath.item_id).where(FilePath.item_id.in_(candidates))))
-        orphans = sorted(candidates - still)
+        # Lock the candidates first (FOR UPDATE; in id order), then look for their paths
+        # in a new statement, which on PostgreSQL sees what committed while we waited: a
+        # worker attaching a path to one of them holds it FOR SHARE until its commit
+        # (add_items, set_paths), so an item never goes while a path to it is added.
+        locked: list[int] = []
+        for chunk in _chunks(sorted(candidates)):
+            locked += s.scalars(select(Item.id).where(Item.id.in_(chunk)).order_by(Item.id)
+                                .with_for_update())  # fmt: skip
+        still: set[int] = set()
+        for chunk in _chunks(locked):
+            still |= set(s.scalars(select(FilePath.item_id).where(FilePath.item_id.in_(chunk))))
+        orphans = sorted(set(locked) - still)
         for chunk in _chunks(orphans):
             # Explicit deletes rather than relying on ON DELETE CASCADE alone, so a
             # backend with foreign keys off still ends consistent.
@@ -455,14 +482,20 @@ class Catalog:
 
     def record_failures(self, rows: Sequence[tuple[str, str]]) -> None:
         with self.Session.begin() as s:
-            for path, reason in rows:
-                row = s.scalar(select(FileFailure).where(FileFailure.path == path))
-                if row is None:
-                    s.add(FileFailure(path=path, reason=reason))
-                else:
-                    row.reason, row.attempts = reason, row.attempts + 1
-            # A file that now fails no longer holds the content its old path row named.
+            now = utcnow()
+            for path, reason in rows:  # one statement each: workers may record at once
+                s.execute(
+                    insert_for(s, FileFailure).values(path=path, reason=reason, attempts=1,
+                                                      updated_at=now)
+                    .on_conflict_do_update(index_elements=["path"], set_={
+                        "reason": reason, "attempts": FileFailure.attempts + 1,
+                        "updated_at": now})
+                )  # fmt: skip
+            # A file that now fails no longer holds the content its old path row named;
+            # the item it leaves without a path goes at the next prune.
             for chunk in _chunks([p for p, _ in rows]):
+                for item_id in s.scalars(select(FilePath.item_id).where(FilePath.path.in_(chunk))):
+                    self._detach(item_id)
                 s.execute(delete(FilePath).where(FilePath.path.in_(chunk)))
 
     def forget_failures_under(self, roots: Iterable[str], keep: set[str]) -> None:
@@ -489,7 +522,7 @@ class Catalog:
                 key = StageState(status).value
                 counts[key] = counts.get(key, 0) + n
             failures = [
-                {"path": p, "reason": r, "attempts": a, "updated_at": _iso(t)}
+                {"path": p, "reason": r, "attempts": a, "updated_at": _iso(t and _utc(t))}
                 for p, r, a, t in s.execute(
                     select(
                         FileFailure.path,

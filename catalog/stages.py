@@ -226,9 +226,11 @@ class StageBook:
         model_id: str,
         outputs: Mapping[int, StageOutput],
         failures: Mapping[int, str],
-    ) -> None:
+    ) -> set[int]:
         """Store one batch of a stage in one transaction: results replace what this stage
         stored for those items before; statuses say done or failed (attempts counted).
+        Returns the items whose outputs were written (not those deleted meanwhile, nor
+        those another worker had stored first): only they go on to the vector indexes.
 
         Written at most once when several workers ran the same stage on an item: the
         items' status rows are created if missing (ON CONFLICT DO NOTHING) and locked
@@ -272,6 +274,7 @@ class StageBook:
             # Stages that take items having this space's vectors may take these now.
             self.note_items([i for i, o in outputs.items() if o.vectors and o.space == space],
                             space)  # fmt: skip
+        return set(written)
 
     @staticmethod
     def _put_vector(s: Session, item_id: int, space: str, model_id: str, vector: bytes) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, text, tuple_
 
@@ -48,7 +50,7 @@ def copy_catalog(
                 q = select(table).order_by(*keys).limit(PAGE)
                 if last is not None:  # keyset: after the last row copied
                     q = q.where(tuple_(*keys) > tuple_(*last))
-                rows = [dict(r._mapping) for r in src.execute(q)]
+                rows = [_utc(table, dict(r._mapping)) for r in src.execute(q)]
                 if not rows:
                     break
                 dst.execute(insert(table), rows)
@@ -60,6 +62,17 @@ def copy_catalog(
     if target.dialect.name == "postgresql":
         _move_sequences(target)
     return report
+
+
+def _utc(table: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """Times the catalog writes in UTC come back naive from SQLite; PostgreSQL would read
+    a naive value in its session's time zone. Said to be UTC (columns declared with a
+    time zone only: an item's capture time is the camera's local time, naive on purpose)."""
+    for col in table.columns:
+        v = row.get(col.name)
+        if isinstance(v, datetime) and v.tzinfo is None and getattr(col.type, "timezone", False):
+            row[col.name] = v.replace(tzinfo=UTC)
+    return row
 
 
 def _move_sequences(engine: Engine) -> None:

@@ -428,8 +428,10 @@ def migrate_store(
             sp.index.save()
             out.print(f"{name}: {sp.index.count()} vectors in Milvus "
                       f"({getattr(sp.index.store, 'name', '?')})", highlight=False)  # fmt: skip
+    shown_url = target.url.render_as_string(hide_password=True)  # never echo a password
     out.print("now set: " + " ".join(
-        f"EVERLOOK_{k.upper()}={v}" for k, v in update.items()), highlight=False)  # fmt: skip
+        f"EVERLOOK_{k.upper()}={shown_url if k == 'database_url' else v}"
+        for k, v in update.items()), highlight=False)  # fmt: skip
 
 
 def main() -> None:

@@ -45,7 +45,8 @@ def watch(
     logging.getLogger("everlook").setLevel(logging.INFO)
     parts = _parts()
     s = parts.settings
-    hold_writer(ctx, parts, "watch", [str(p) for p in paths])
+    if not enqueue_only:  # a leader that only queues writes no index: workers do
+        hold_writer(ctx, parts, "watch", [str(p) for p in paths])
     opts = watch_options(s, quiet, poll, poll_interval)
     rules = parts.scan_rules()
     try:

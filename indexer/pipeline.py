@@ -185,18 +185,16 @@ class Pipeline:
             self.save_indexes()
         return report
 
-    def plan(self, roots: Sequence[str]) -> tuple[list[Found], list[str], Report]:
-        """What a run over roots would do, without doing it (no read, no model): the
-        files to index (new or changed) and the catalog paths gone from disk. A watcher
-        that leaves the work to `everlook worker` processes queues these."""
+    def plan(self, roots: Sequence[str]) -> tuple[list[Found], list[str], list[str], Report]:
+        """What a run over roots would do, without doing it (no read, no model, no
+        write): the files to index (new or changed), the catalog paths gone from disk,
+        and the paths that could not be looked at (a worker records why, and prunes
+        what they leave behind, as for any file it is given). A watcher that leaves the
+        work to `everlook worker` processes queues these."""
         report = Report()
         roots = [os.path.abspath(r) for r in roots]
-        _known, todo, gone, problems, seen = self._plan(roots, report)
-        if problems:
-            report.failed.extend(problems)
-            self.catalog.record_failures(problems)
-        self.catalog.forget_failures_under(roots, keep=seen)
-        return todo, gone, report
+        _known, todo, gone, problems, _seen = self._plan(roots, report)
+        return todo, gone, [path for path, _why in problems], report
 
     def _plan(
         self, roots: list[str], report: Report
@@ -245,6 +243,15 @@ class Pipeline:
         self._work(todo, known, gone_items, report, None)
         self._finish(problems, gone, report)
         return report
+
+    def prune_everywhere(self) -> list[int]:
+        """Items left with no path anywhere go, with their vectors (see _finish)."""
+        removed = self.catalog.prune_orphans(True)
+        if removed:
+            self.index.remove(removed)
+            if self.stages is not None:
+                self.stages.remove_from_indexes(removed)
+        return removed
 
     def save_indexes(self) -> None:
         """Save CLIP's index and those of the other spaces (kept by their stages)."""
@@ -489,7 +496,14 @@ class Pipeline:
                 report.moved += 1
             else:
                 report.duplicates += 1
-        self.catalog.set_paths(rows)
+        for path in self.catalog.set_paths(rows):
+            # Its content's item was pruned by another worker meanwhile: said, and
+            # indexed again when the file is next seen (a scan, or a change).
+            why = (
+                "the item with the same content was removed while this file was read; "
+                "it is indexed again at the next scan"
+            )
+            failures.append((path, why))
         if failures:
             report.failed.extend(failures)
             self.catalog.record_failures(failures)

@@ -166,10 +166,11 @@ class StageRunner:
             except ModelUnavailable as exc:
                 return self._unavailable(stage, exc)
             model_id = stage.model_id
-        self.catalog.stages.save(stage.name, model_id, outputs, failures)
+        written = self.catalog.stages.save(stage.name, model_id, outputs, failures)
         after_save = getattr(stage, "after_save", None)
-        if after_save is not None and outputs:
-            after_save(outputs)  # e.g. vectors into the space's index, once stored
+        kept = {i: o for i, o in outputs.items() if i in written}
+        if after_save is not None and kept:
+            after_save(kept)  # e.g. vectors into the space's index, once stored
         self.stats.add(stage.name, len(outputs), len(failures))
 
     def remove_from_indexes(self, item_ids: Sequence[int]) -> None:

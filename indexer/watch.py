@@ -190,12 +190,14 @@ class Watcher:
         self.observer = self._start_observer()
         if enqueue_only:
             log.info("comparing %s with the catalog ...", ", ".join(self.roots))
-            todo, gone, report = self.pipeline.plan(self.roots)
+            todo, gone, problems, report = self.pipeline.plan(self.roots)
             now = time.time()
             self.queue.put_many([(f.path, "index", now, f.size, f.mtime_ns) for f in todo]
+                                + [(p, "index", now, None, None) for p in problems]
                                 + [(p, "delete", now, None, None) for p in gone])  # fmt: skip
-            log.info("queued for the workers: %d files to index, %d gone, %d unchanged",
-                     len(todo), len(gone), report.unchanged)  # fmt: skip
+            log.info("queued for the workers: %d files to index, %d gone, %d to look at "
+                     "again, %d unchanged", len(todo), len(gone), len(problems),
+                     report.unchanged)  # fmt: skip
             return report
         log.info("reconciling %s with the catalog ...", ", ".join(self.roots))
         report = self.pipeline.run(self.roots, save=False)  # saved by _save, when idle
@@ -245,6 +247,10 @@ class Watcher:
         released = self.queue.release_dead()
         if released:
             log.info("released %d jobs claimed by a process of this host that is gone", released)
+        # A worker killed between forgetting a path and pruning the item it left with no
+        # path (its in-memory list of them gone with it) leaves an orphan: one sweep here
+        # (an indexed anti-join), as a full scan does, since no full scan runs in a worker.
+        self.pipeline.prune_everywhere()
         self.run_forever()
 
     def stop(self) -> None:

@@ -306,6 +306,26 @@ class VectorIndex:
         return thread is None or not thread.is_alive()
 
     def _rebuild(self, why: str) -> None:
+        if getattr(self._store, "shared", False):
+            # A store every process writes (Milvus): one process rebuilds it, the others
+            # follow the alias it publishes.
+            from catalog.db import try_exclusive
+
+            name = f"rebuild:{self.where.get('alias') or self.path}"
+            with try_exclusive(self.catalog.engine, name) as mine:
+                follow = getattr(self._store, "follow", None)
+                if follow is not None:
+                    follow()  # published meanwhile by the one that held it?
+                reason = getattr(self._store, "rebuild_reason", None)
+                if not mine or reason is None or reason(self.options) is None:
+                    with self.lock.writing():
+                        self._journal = None
+                    return
+                self._rebuild_now(why)
+            return
+        self._rebuild_now(why)
+
+    def _rebuild_now(self, why: str) -> None:
         log.info("rebuilding the %s vector index in the background: %s", self.space, why)
         try:
             then = table_mark(self.catalog)  # before the build reads: later writes show

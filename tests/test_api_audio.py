@@ -18,11 +18,16 @@ from tests.conftest import TINY_IMAGEBIND, only_these_settings
 from tests.helpers import jpeg_bytes, make_library, picture, tone
 
 
-@pytest.fixture(scope="module")
-def sound_api(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def sound_api(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Api]:
+    """A library of pictures and sounds served in-process, its catalog on SQLite, then
+    on PostgreSQL."""
     from api import create_app
     from everlook.settings import Settings
     from everlook.wiring import Parts
+    from tests.conftest import catalog_url
 
     base = tmp_path_factory.mktemp("sound-api")
     lib = base / "lib"
@@ -38,6 +43,7 @@ def sound_api(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "EVERLOOK_SPACES": '["clip", "imagebind"]',
             "EVERLOOK_IMAGEBIND_MODEL": TINY_IMAGEBIND,
             "EVERLOOK_UPLOAD_MAX_BYTES": str(400_000),
+            "EVERLOOK_DATABASE_URL": catalog_url(request.param, base / "catalog.db", request),
         })  # fmt: skip
         mp.chdir(base)
         parts = Parts(Settings())

@@ -274,3 +274,27 @@ def test_a_sound_dropped_into_a_served_library_is_found_by_sound_through_the_ser
                       cwd=tmp_path)  # fmt: skip
         assert via.returncode == 0, via.stderr
         assert json.loads(via.stdout)[0]["path"] == str(sound)
+
+
+def test_a_server_on_postgresql_answers_as_the_one_on_sqlite(
+    demo_server: Served, demo_lib_pg: Any, tmp_path: Path
+) -> None:
+    """The same library, its catalog copied to PostgreSQL, served by a real process:
+    the same results, scores, item details, facets and thumbnails as over SQLite."""
+    with (
+        serving(demo_lib_pg.settings, str(demo_lib_pg.library), "--no-watch",
+                cwd=tmp_path) as pg,
+        demo_server.client() as a, pg.client() as b,
+    ):  # fmt: skip
+        for q in ("a red circle", "a blue square", "stars in the style of van gogh"):
+            ra = a.get("/api/search", params={"q": q, "k": 8})
+            rb = b.get("/api/search", params={"q": q, "k": 8})
+            assert ra.status_code == rb.status_code == 200, (ra.text, rb.text)
+            hits = [(h["item_id"], round(h["score"], 5), h["path"]) for h in ra.json()["results"]]
+            assert hits == [(h["item_id"], round(h["score"], 5), h["path"])
+                            for h in rb.json()["results"]] and len(hits) == 8  # fmt: skip
+        item = hits[0][0]
+        assert a.get(f"/api/items/{item}").json() == b.get(f"/api/items/{item}").json()
+        assert a.get("/api/facets").json() == b.get("/api/facets").json()
+        thumb = b.get(f"/api/items/{item}/thumbnail")
+        assert thumb.status_code == 200 and thumb.headers["content-type"].startswith("image/")

@@ -152,3 +152,30 @@ def test_row_ids_go_past_two_to_the_31(url: str) -> None:
         assert row is not None
         if engine.dialect.name == "postgresql":
             assert row > 2**31  # from its bigint sequence
+
+
+def test_a_job_that_takes_its_workers_down_every_time_is_given_up_and_recorded(url: str):
+    from catalog import Catalog, make_engine
+    from catalog.jobs import MAX_ATTEMPTS
+
+    t = time.time()
+    queue(url, "h:0:setup").put("/lib/poison.jpg", "index", t - 1)
+    for n in range(MAX_ATTEMPTS):  # each claimer dies holding it; its lease runs out
+        (got,) = queue(url, f"h:{n + 1}:w", lease_s=1).claim(t + 2 * n, 1)
+        assert got.path == "/lib/poison.jpg"
+    assert queue(url, "h:99:z").claim(t + 2 * MAX_ATTEMPTS + 5, 10) == []
+    failures = Catalog(make_engine(url)).stats()["failures"]
+    assert [f["path"] for f in failures] == ["/lib/poison.jpg"]
+    assert "crashed or was killed" in failures[0]["reason"]
+
+
+def test_a_job_looked_at_and_put_back_unsettled_is_never_given_up(url: str) -> None:
+    from catalog.jobs import MAX_ATTEMPTS
+
+    q = queue(url, "h:1:w", lease_s=1)
+    t = time.time()
+    q.put("/lib/slow-copy.jpg", "index", t - 1)
+    for n in range(MAX_ATTEMPTS * 2):  # a file still being written: looked at, put back
+        (got,) = q.claim(t + n, 1)
+        q.reschedule(got.id, t + n, 10 + n, 1000 + n)
+    assert len(q.claim(t + 100, 1)) == 1

@@ -120,6 +120,7 @@ class MilvusStore:
         props = self._properties()
         self.meta: dict[str, Any] = {**props, **(meta or {})}
         self.dirty = False
+        self._asked_at = -1e9  # when rebuild_reason last counted
 
     # ---- the collection ----------------------------------------------------------
     def follow(self) -> None:
@@ -273,6 +274,13 @@ class MilvusStore:
                 "alias": self.alias}  # fmt: skip
 
     def rebuild_reason(self, options: BuildOptions) -> str | None:
+        """Asked after every add: the collection's count (a round trip) at most every
+        30 s, and the kind another process may have published taken up first."""
+        now = time.monotonic()
+        if now - self._asked_at < 30:
+            return None
+        self._asked_at = now
+        self.follow()
         n = self.count()
         if self.kind == "flat" and n >= max(options.exact_max, 1):
             return f"{n} vectors reached EVERLOOK_INDEX_EXACT_MAX ({options.exact_max})"
@@ -377,6 +385,7 @@ def build_milvus(
     if n >= max(options.exact_max, 1):
         props.update(kind="ivf", nlist=nlist_for(n, options), recall_target=options.recall)
     name = _fresh_name(alias)
+    first = alias is not None and _aliased(cl, alias) is None  # nothing serves yet
     _new_collection(cl, info, name, props)
     store = MilvusStore(info, uri, name, token=token, alias=alias)
     for ids, vecs in source.batches():  # each id once: a catalog's (item, model) is unique
@@ -391,12 +400,17 @@ def build_milvus(
         store.meta["recall_at_10"] = 1.0
     store.meta["build_seconds"] = round(time.perf_counter() - t0, 2)
     _set_properties(store)
-    if alias is not None and _aliased(cl, alias) is None:
+    if first:
+        # A first start: publish at once, unless another process (every one starts
+        # together in a new deployment) published its build meanwhile; then use that
+        # one and drop ours, never serve a private copy no one else writes to.
         try:
+            if _aliased(cl, alias) is not None:  # type: ignore[arg-type]
+                raise MilvusUnavailable("published meanwhile")
             store._publish()
-        except MilvusUnavailable:  # another process published its build first: use it
+        except MilvusUnavailable:
             cl.drop_collection(name)
-            return MilvusStore(info, uri, alias, token=token, alias=alias)
+            return MilvusStore(info, uri, alias, token=token, alias=alias)  # type: ignore[arg-type]
     return store
 
 
