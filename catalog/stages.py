@@ -13,11 +13,12 @@ from covering indexes (migration 0007).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
+from sqlalchemy import and_, delete, exists, func, not_, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.db import insert_for
@@ -50,6 +51,12 @@ def _settled(stage: str, model_id: str, max_attempts: int) -> Any:
 _Question = tuple[str, str, tuple[str, ...], int, tuple[str, str] | None]
 
 
+def _claim_key(stage: str, item_id: int) -> int:
+    """A 64-bit advisory-lock key for (stage, item)."""
+    digest = hashlib.blake2b(f"everlook-stage:{stage}:{item_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
 def item_kinds(s: Session) -> list[str]:
     """The item kinds present, skipping through the kind index: a few seeks, where
     SELECT DISTINCT would read an entry per item."""
@@ -74,6 +81,34 @@ class StageBook:
         self._settled_to: dict[_Question, int] = {}
         self._generation = 0
         self._memo_lock = threading.Lock()
+        self._claims: Any = None  # a connection of its own holding work claims (PostgreSQL)
+        self._claims_lock = threading.Lock()
+
+    # ---- claims: workers share a stage's pending work ----------------------------------
+    def claim(self, stage: str, item_ids: Sequence[int]) -> list[int]:
+        """Those of item_ids this process may work for stage now. On PostgreSQL, each
+        (stage, item) is a session advisory lock tried on a connection of this book's
+        own: items another worker holds are left to it, and a worker that dies lets go
+        with its connection (no lease to wait out). On SQLite, all (one machine, and the
+        results are written once whoever ran them: see save)."""
+        engine = self.Session.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            return list(item_ids)
+        with self._claims_lock:
+            if self._claims is None:
+                self._claims = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try_lock = text("SELECT pg_try_advisory_lock(:k)")
+            held = self._claims
+            return [i for i in item_ids
+                    if held.execute(try_lock, {"k": _claim_key(stage, i)}).scalar()]  # fmt: skip
+
+    def unclaim(self, stage: str, item_ids: Sequence[int]) -> None:
+        if self._claims is None or not item_ids:
+            return
+        with self._claims_lock:
+            unlock = text("SELECT pg_advisory_unlock(:k)")
+            for i in item_ids:
+                self._claims.execute(unlock, {"k": _claim_key(stage, i)})
 
     def note_items(self, item_ids: Iterable[int], space: str | None = None) -> None:
         """Content was stored for these items (new items, or, with space, that space's

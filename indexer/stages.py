@@ -247,11 +247,20 @@ class StageRunner:
                 self._cursor[stage.name] = 0  # next time, start over from the first item
                 continue
             self._cursor[stage.name] = ids[-1]
-            works = self._inputs(stage, ids)
-            if works:
-                self._run_stage(stage, works)
-                self._turn = live.index(stage) + 1
-                return True
+            # Several workers see the same pending items: each takes those no other
+            # holds, and drops what another stored while it looked.
+            book = self.catalog.stages
+            claimed = book.claim(stage.name, ids)
+            try:
+                done = book.settled(stage.name, stage.model_id, claimed, self.max_attempts)
+                mine = [i for i in claimed if i not in done]
+                works = self._inputs(stage, mine) if mine else []
+                if works:
+                    self._run_stage(stage, works)
+                    self._turn = live.index(stage) + 1
+                    return True
+            finally:
+                book.unclaim(stage.name, claimed)
         return False
 
     def _pending(self, stage: Stage, limit: int, after: int) -> list[int]:

@@ -179,3 +179,26 @@ def test_a_job_looked_at_and_put_back_unsettled_is_never_given_up(url: str) -> N
         (got,) = q.claim(t + n, 1)
         q.reschedule(got.id, t + n, 10 + n, 1000 + n)
     assert len(q.claim(t + 100, 1)) == 1
+
+
+def test_workers_share_a_stages_pending_items_without_doing_one_twice(url: str) -> None:
+    """Two catalogs (two workers): on PostgreSQL an item one holds for a stage is not
+    handed to the other until it lets go (or dies: the lock goes with its connection);
+    on SQLite every claim is granted (one machine; results are stored once anyway)."""
+    from catalog import Catalog, make_engine
+
+    a, b = Catalog(make_engine(url)), Catalog(make_engine(url))
+    assert a.stages.claim("detect/yolo", [1, 2, 3]) == [1, 2, 3]
+    got = b.stages.claim("detect/yolo", [2, 3, 4])
+    assert b.stages.claim("style", [2]) == [2]  # another stage: another claim
+    if a.engine.dialect.name == "postgresql":
+        assert got == [4]
+        a.stages.unclaim("detect/yolo", [1, 2, 3])
+        assert b.stages.claim("detect/yolo", [2, 3]) == [2, 3]
+        # A worker that dies lets go with its connection.
+        b.stages._claims.close()
+        b.engine.dispose()  # the pooled connection itself closed, as at a process's end
+        b.stages._claims = None
+        assert a.stages.claim("detect/yolo", [2, 3, 4]) == [2, 3, 4]
+    else:
+        assert got == [2, 3, 4]
