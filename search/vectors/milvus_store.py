@@ -492,6 +492,8 @@ def load_milvus(
         body = read_file(path)
         meta = dict(body.get("meta") or {})
         name = str(body["name"])
+        if uri and uri != body["uri"]:
+            meta = {}  # its catalog mark is another server's: reconcile, never trust it
         uri = uri or str(body["uri"])
         if alias is not None and name != alias:
             raise IndexUnusable(f"{path} names {name!r}, not the configured {alias!r}")
