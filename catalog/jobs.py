@@ -24,7 +24,11 @@ from catalog.models import FileFailure, FilePath, Job
 from catalog.queries import move_prefix
 from catalog.stylejobs import _pid_alive, new_owner
 
-MAX_ATTEMPTS = 5  # claims of one job before it is given up as a recorded failure
+# Claims of one job before it is given up as a recorded failure. A job whose worker died
+# holding it is claimed again in ever smaller batches (halved per attempt, down to one),
+# so a file that crashes its workers ends up alone and the files that shared its batch
+# go on; a worker killed from outside (an OOM kill, a deploy) costs its batch one attempt.
+MAX_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,16 @@ class JobQueue:
             self._give_up(s, now)
             free = self._claimable(now)
             # Rows another claimer holds locked are skipped, not waited for (PostgreSQL).
-            ids = list(s.scalars(select(Job.id).where(free).order_by(Job.due_at).limit(limit)
-                                 .with_for_update(skip_locked=True)))  # fmt: skip
+            rows = list(s.execute(select(Job.id, Job.attempts).where(free)
+                                  .order_by(Job.due_at, Job.id).limit(limit)
+                                  .with_for_update(skip_locked=True)))  # fmt: skip
+            ids: list[int] = []
+            cap = limit
+            for job_id, attempts in rows:  # a job tried before shrinks the batch it joins
+                cap = min(cap, max(1, limit >> min(int(attempts or 0), 30)))
+                if len(ids) >= cap:
+                    break
+                ids.append(job_id)
             if not ids:
                 return []
             # The condition again: a claim that won since our select keeps its jobs.

@@ -119,6 +119,9 @@ class VectorIndex:
         self._journal: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         self._rebuilding: threading.Thread | None = None
         self._rebuild_lock = threading.Lock()
+        # Saves one at a time, each of the store serving when it starts: a save of the
+        # store a rebuild replaced must never land after the new one's.
+        self._save_lock = threading.RLock()
 
     @property
     def loaded(self) -> bool:
@@ -259,6 +262,11 @@ class VectorIndex:
         return out
 
     def save(self) -> None:
+        with self._save_lock:
+            self._save()
+        self._consider_rebuild()
+
+    def _save(self) -> None:
         store = self._store
         if store is None or self.read_only:
             return
@@ -272,7 +280,6 @@ class VectorIndex:
                 ok = store.count() == wanted
                 store.save(self.path, {"mark": mark.to_json() if ok else None})
                 self._file = _stat(self.path)
-        self._consider_rebuild()
 
     # ---- rebuilding ----------------------------------------------------------------
     def _consider_rebuild(self) -> None:
@@ -331,7 +338,7 @@ class VectorIndex:
             then = table_mark(self.catalog)  # before the build reads: later writes show
             fresh = vectors.build(self.backend, self.info, self._source(), self.options,
                                   **self.where)  # fmt: skip
-            with self.lock.writing():
+            with self._save_lock, self.lock.writing():  # no old save lands after this
                 for ids, vecs in self._journal or []:
                     if vecs is not None:
                         fresh.add(ids, vecs)

@@ -230,34 +230,39 @@ def demo_lib(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return demo_library(tmp_path_factory.mktemp("demo-lib"))
 
 
-@pytest.fixture(scope="session")
-def demo_lib_pg(demo_lib: Any, postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The demo library with its catalog on PostgreSQL: the SQLite catalog copied into a
-    database of the session's server by catalog.transfer (what `everlook migrate-store`
-    does), ids and vectors kept; a home of its own with the same model caches and a
-    copy of the index files (their catalog mark holds for the copy)."""
+def pg_copy(lib: Any, postgres: Any, base: Path) -> Any:
+    """A demo library with its catalog on PostgreSQL: the SQLite catalog copied into a
+    new database of the session's server by catalog.transfer (what `everlook
+    migrate-store` does), ids and vectors kept; a home of its own under base with the
+    same model caches and a copy of the index files (their catalog mark holds for the
+    copy)."""
     import migrations
     from catalog import make_engine
     from catalog.transfer import copy_catalog
     from tests.serving import DemoLibrary
 
     url = new_pg_database(postgres)
-    src = make_engine(f"sqlite:///{demo_lib.settings['EVERLOOK_HOME']}/catalog.db")
+    src = make_engine(f"sqlite:///{lib.settings['EVERLOOK_HOME']}/catalog.db")
     dst = make_engine(url)
     migrations.ensure_head(dst)
     copy_catalog(src, dst)
     src.dispose()
     dst.dispose()
-    base = tmp_path_factory.mktemp("demo-lib-pg")
-    old = Path(demo_lib.settings["EVERLOOK_HOME"])
+    old = Path(lib.settings["EVERLOOK_HOME"])
     home = base / "home"
-    home.mkdir()
+    home.mkdir(parents=True)
     if (old / "models").exists():
         (home / "models").symlink_to(old / "models", target_is_directory=True)
     if (old / "index").exists():
         shutil.copytree(old / "index", home / "index")
-    settings = {**demo_lib.settings, "EVERLOOK_HOME": str(home), "EVERLOOK_DATABASE_URL": url}
-    return DemoLibrary(settings, demo_lib.library, base)
+    settings = {**lib.settings, "EVERLOOK_HOME": str(home), "EVERLOOK_DATABASE_URL": url}
+    return DemoLibrary(settings, lib.library, base)
+
+
+@pytest.fixture(scope="session")
+def demo_lib_pg(demo_lib: Any, postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The demo library with its catalog on PostgreSQL (pg_copy), made once."""
+    return pg_copy(demo_lib, postgres, tmp_path_factory.mktemp("demo-lib-pg"))
 
 
 @pytest.fixture(scope="session")

@@ -277,13 +277,16 @@ def test_a_sound_dropped_into_a_served_library_is_found_by_sound_through_the_ser
 
 
 def test_a_server_on_postgresql_answers_as_the_one_on_sqlite(
-    demo_server: Served, demo_lib_pg: Any, tmp_path: Path
+    demo_server: Served, demo_lib: Any, postgres: Any, tmp_path: Path
 ) -> None:
-    """The same library, its catalog copied to PostgreSQL, served by a real process:
-    the same results, scores, item details, facets and thumbnails as over SQLite."""
+    """The same library, its catalog copied to PostgreSQL now (other tests of this module
+    add files to the served library), served by a real process: the same results,
+    scores, item details, facets and thumbnails as over SQLite."""
+    from tests.conftest import pg_copy
+
+    copy = pg_copy(demo_lib, postgres, tmp_path / "pg")
     with (
-        serving(demo_lib_pg.settings, str(demo_lib_pg.library), "--no-watch",
-                cwd=tmp_path) as pg,
+        serving(copy.settings, str(copy.library), "--no-watch", cwd=tmp_path) as pg,
         demo_server.client() as a, pg.client() as b,
     ):  # fmt: skip
         for q in ("a red circle", "a blue square", "stars in the style of van gogh"):

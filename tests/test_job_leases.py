@@ -169,6 +169,18 @@ def test_a_job_that_takes_its_workers_down_every_time_is_given_up_and_recorded(u
     assert "crashed or was killed" in failures[0]["reason"]
 
 
+def test_a_job_whose_worker_died_is_claimed_again_in_a_smaller_batch(url: str) -> None:
+    q = queue(url, "h:1:w", lease_s=1)
+    t = time.time()
+    q.put_many([(f"/lib/{i:02d}.jpg", "index", t - 1, None, None) for i in range(40)])
+    first = q.claim(t, 32)
+    assert len(first) == 32  # the worker holding them dies
+    again = queue(url, "h:2:w", lease_s=1).claim(t + 5, 32)
+    assert len(again) == 16  # tried once: half the batch
+    third = queue(url, "h:3:w", lease_s=1).claim(t + 10, 32)
+    assert len(third) == 8  # tried twice (those 16) or the fresh ones after them
+
+
 def test_a_job_looked_at_and_put_back_unsettled_is_never_given_up(url: str) -> None:
     from catalog.jobs import MAX_ATTEMPTS
 
