@@ -41,20 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._synthetic import small_jpeg  # noqa: E402
-
-MODEL, TAG = "ViT-B-32", "bench-random"
-
-
-def save_random_weights(model_dir: Path) -> None:
-    dest = model_dir / "open_clip" / MODEL / TAG / "open_clip_model.pt"
-    if dest.exists():
-        return
-    import open_clip
-    import torch
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model(MODEL).state_dict(), dest)
+from bench.index_throughput import MODEL, TAG, save_random_weights  # noqa: E402
 
 
 def free_port() -> int:

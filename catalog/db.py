@@ -56,6 +56,18 @@ def insert_for(s: Session, table: Any) -> Any:
     raise NotImplementedError(f"no INSERT ... ON CONFLICT for {name}")
 
 
+def sqlite_file(engine: Engine) -> str | None:
+    """The file a SQLite engine opens: a path, or a ``file:`` URI's path; None in memory."""
+    db = engine.url.database
+    if not db or db == ":memory:":
+        return None
+    if db.startswith("file:"):  # SQLAlchemy keeps the URI's query apart from the path
+        path = db[len("file:") :].partition("?")[0]
+        memory = engine.url.query.get("mode") == "memory" or path in ("", ":memory:")
+        return None if memory else path
+    return db
+
+
 @contextmanager
 def try_exclusive(engine: Engine, name: str) -> Iterator[bool]:
     """Whether this process may do a once-at-a-time job named ``name`` for the catalog
@@ -73,11 +85,9 @@ def try_exclusive(engine: Engine, name: str) -> Iterator[bool]:
                 if got:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         return
-    db = engine.url.database or ""
-    if db.startswith("file:"):
-        db = db[len("file:") :].partition("?")[0]
-    if not db or db == ":memory:":
-        yield True  # one process has it
+    db = sqlite_file(engine)
+    if db is None:
+        yield True  # in memory: one process has it
         return
     from filelock import FileLock, Timeout
 

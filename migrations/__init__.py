@@ -85,7 +85,9 @@ def migration_lock(engine: Engine) -> Iterator[None]:
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
         return
-    path = _sqlite_file(engine) if name == "sqlite" else None
+    from catalog.db import sqlite_file  # here: the cold query path imports this module
+
+    path = sqlite_file(engine) if name == "sqlite" else None
     if path is None:
         yield  # in memory: nothing another process could open at the same time
         return
@@ -94,18 +96,6 @@ def migration_lock(engine: Engine) -> Iterator[None]:
     # Writable by whoever may write the catalog itself (the umask still applies).
     with FileLock(f"{path}.migrate.lock", mode=0o666):
         yield
-
-
-def _sqlite_file(engine: Engine) -> str | None:
-    """The file a SQLite engine opens: a path, or a ``file:`` URI's path; None in memory."""
-    db = engine.url.database
-    if not db or db == ":memory:":
-        return None
-    if db.startswith("file:"):  # SQLAlchemy keeps the URI's query apart from the path
-        path = db[len("file:") :].partition("?")[0]
-        memory = engine.url.query.get("mode") == "memory" or path in ("", ":memory:")
-        return None if memory else path
-    return db
 
 
 def stored_revision(engine: Engine) -> str | None:

@@ -90,4 +90,6 @@ def test_a_catalog_at_head_is_opened_without_the_lock(tmp_path: Path):
 def test_the_lock_file_sits_beside_the_file_the_engine_opens(url: str, locked: str | None):
     from sqlalchemy import create_engine
 
-    assert migrations._sqlite_file(create_engine(url)) == locked
+    from catalog.db import sqlite_file
+
+    assert sqlite_file(create_engine(url)) == locked
