@@ -285,6 +285,9 @@ class VectorIndex:
     def _consider_rebuild(self) -> None:
         if self.read_only or self._store is None:
             return
+        thread = self._rebuilding
+        if thread is not None and thread.is_alive():
+            return  # one at a time: its journal takes what is added meanwhile
         reason = getattr(self._store, "rebuild_reason", None)
         why = reason(self.options) if reason is not None else None
         if why:
@@ -324,7 +327,7 @@ class VectorIndex:
                 if follow is not None:
                     follow()  # published meanwhile by the one that held it?
                 reason = getattr(self._store, "rebuild_reason", None)
-                if not mine or reason is None or reason(self.options) is None:
+                if not mine or reason is None or reason(self.options, recheck=True) is None:
                     with self.lock.writing():
                         self._journal = None
                     return

@@ -131,6 +131,23 @@ def test_a_rebuild_is_published_by_switching_the_alias_and_the_old_collection_go
     Path("/tmp", f"{alias}.json").unlink()
 
 
+def test_a_library_growing_past_the_exact_size_is_rebuilt_approximate_in_milvus(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from everlook.settings import Settings
+    from everlook.wiring import Parts
+
+    monkeypatch.setenv("EVERLOOK_INDEX_EXACT_MAX", "6")
+    monkeypatch.setenv("EVERLOOK_INDEX_NLIST", "2")
+    parts = Parts(Settings())
+    make_library(tmp_path / "lib", 12)
+    parts.pipeline().run([str(tmp_path / "lib")])
+    assert parts.index.finish_rebuild(120)
+    store = parts.index.store
+    store.follow()
+    assert store.kind == "ivf" and store.count() == 12  # rebuilt once past 6, published
+
+
 def test_an_approximate_index_is_tuned_to_its_recall_and_filters_stay_exact(
     milvus_uri: str,
 ) -> None:

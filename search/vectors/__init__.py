@@ -82,7 +82,7 @@ class VectorStore(Protocol):
 
 
 # Optional on a store: ``meta`` (dict: what its file says), ``dirty`` (changed since it
-# was loaded or saved), ``describe()`` and ``rebuild_reason(options)`` (why the index
+# was loaded or saved), ``describe()`` and ``rebuild_reason(options, recheck=False)`` (why the index
 # kind no longer suits its size, or None). VectorIndex reads them with getattr.
 
 

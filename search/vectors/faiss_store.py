@@ -224,8 +224,9 @@ class FaissStore:
                 "unsaved": int(st.overlay.ntotal if st.overlay is not None else 0)
                 + len(st.hidden)}  # fmt: skip
 
-    def rebuild_reason(self, options: BuildOptions) -> str | None:
-        """Why this index no longer suits its size or settings (None: it does)."""
+    def rebuild_reason(self, options: BuildOptions, recheck: bool = False) -> str | None:
+        """Why this index no longer suits its size or settings (None: it does); always
+        counted here (a local count), so recheck changes nothing."""
         n = self.count()
         if self.kind == "flat":
             if n >= max(options.exact_max, 1):

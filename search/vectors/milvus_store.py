@@ -121,6 +121,8 @@ class MilvusStore:
         self.meta: dict[str, Any] = {**props, **(meta or {})}
         self.dirty = False
         self._asked_at = -1e9  # when rebuild_reason last counted
+        self._counted = 0  # what it counted then
+        self._since = 0  # rows this process added (+) or removed (-) since
 
     # ---- the collection ----------------------------------------------------------
     def follow(self) -> None:
@@ -175,6 +177,7 @@ class MilvusStore:
         # The last vector of an id repeated in one batch wins, as it would one by one.
         last = len(arr) - 1 - np.unique(arr[::-1], return_index=True)[1]
         arr, vecs = arr[last], vecs[last]
+        self._since += len(arr)  # an upsert of a present id overcounts: only an early recount
         call = self.client.upsert if how == "upsert" else self.client.insert
         for s in range(0, len(arr), PAGE):
             rows = [{ID: int(i), VEC: v} for i, v in zip(arr[s : s + PAGE], vecs[s : s + PAGE],
@@ -194,6 +197,7 @@ class MilvusStore:
             if present:
                 self._call("delete", self.client.delete, self.name, ids=present)
                 gone += len(present)
+        self._since -= gone
         if gone:
             self._changed()
         return gone
@@ -273,19 +277,28 @@ class MilvusStore:
                 "vectors": self.count(), "milvus": self.uri, "collection": self.name,
                 "alias": self.alias}  # fmt: skip
 
-    def rebuild_reason(self, options: BuildOptions) -> str | None:
-        """Asked after every add: the collection's count (a round trip) at most every
-        30 s, and the kind another process may have published taken up first."""
+    def rebuild_reason(self, options: BuildOptions, recheck: bool = False) -> str | None:
+        """Asked after every add. Counting the collection is a round trip, so it is done
+        at most every 30 s (for what other processes wrote), or at once when this
+        process's own adds and removals since the last count may have crossed a
+        threshold, or when recheck (a rebuild confirming under its lock). The kind another
+        process may have published is taken up first."""
         now = time.monotonic()
-        if now - self._asked_at < 30:
+        top, low, was = max(options.exact_max, 1), options.exact_max // 2, self._counted
+        guess = was + self._since  # crossed since the last count (not: still past it)
+        crossing = (self.kind == "flat" and was < top <= guess) or (
+            self.kind == "ivf" and guess < low <= was
+        )
+        if now - self._asked_at < 30 and not recheck and not crossing:
             return None
         self._asked_at = now
         self.follow()
-        n = self.count()
-        if self.kind == "flat" and n >= max(options.exact_max, 1):
+        n = self._counted = self.count()
+        self._since = 0
+        if self.kind == "flat" and n >= top:
             return f"{n} vectors reached EVERLOOK_INDEX_EXACT_MAX ({options.exact_max})"
-        if self.kind == "ivf" and n < options.exact_max // 2:
-            return f"{n} vectors: back to exact search below {options.exact_max // 2}"
+        if self.kind == "ivf" and n < low:
+            return f"{n} vectors: back to exact search below {low}"
         return None
 
     # ---- publishing and files ------------------------------------------------------
