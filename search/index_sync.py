@@ -226,16 +226,22 @@ class VectorIndex:
             return store.search(query, k, allow=allow)
 
     def add(self, ids: Sequence[int] | np.ndarray, vecs: np.ndarray) -> None:
-        store = self.store
+        if self._store is None:
+            self.open()
         with self.lock.writing():
+            store = self._store  # the one now: a rebuild may have swapped it meanwhile
+            assert store is not None
             store.add(ids, vecs)
             if self._journal is not None:  # a rebuild is reading the catalog: replay later
                 self._journal.append((np.array(ids, dtype=np.int64), np.array(vecs)))
         self._consider_rebuild()
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
-        store = self.store
+        if self._store is None:
+            self.open()
         with self.lock.writing():
+            store = self._store  # the one now, as in add
+            assert store is not None
             if self._journal is not None:
                 self._journal.append((np.array(ids, dtype=np.int64), None))
             return store.remove(ids)
