@@ -59,8 +59,9 @@ def fill_catalog(
     url: str, n: int, model_id: str, dim: int = 512, clusters: int = 200,
     det_share: float = 0.2, chunk: int = 5000, seed: int = 0,
 ) -> None:  # fmt: skip
-    """Create the schema at url (migrations) and insert n items with a path, a clustered
-    unit vector of model_id in the clip space, and detections for det_share of them."""
+    """Create the schema at url (migrations: SQLite or PostgreSQL) and insert n items
+    with a path, a clustered unit vector of model_id in the clip space, and detections
+    for det_share of them."""
     import migrations
     from catalog import make_engine
     from catalog.models import DetectionRow, Embedding, FilePath, Item
@@ -99,6 +100,10 @@ def fill_catalog(
             for table, rows in ((Item, items), (FilePath, paths), (Embedding, embs),
                                 (DetectionRow, dets)):  # fmt: skip
                 conn.execute(table.__table__.insert(), rows)
+    if engine.dialect.name == "postgresql":
+        from catalog.transfer import move_sequences
+
+        move_sequences(engine)  # the rows came with their ids: new ones go on after them
     engine.dispose()
 
 

@@ -60,7 +60,7 @@ def copy_catalog(
                     progress(table.name, done)
         report.rows[table.name] = done
     if target.dialect.name == "postgresql":
-        _move_sequences(target)
+        move_sequences(target)
     return report
 
 
@@ -75,8 +75,9 @@ def _utc(table: Any, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _move_sequences(engine: Engine) -> None:
-    """Serial ids continue after the copied ones (an insert would otherwise reuse 1)."""
+def move_sequences(engine: Engine) -> None:
+    """On PostgreSQL, serial ids continue after rows inserted with their ids (copied, or
+    written by a bench): an insert would otherwise start again at 1."""
     with engine.begin() as c:
         for table in Base.metadata.sorted_tables:
             for col in table.primary_key.columns:

@@ -19,6 +19,8 @@ from search.index_sync import VectorIndex
 from search.vectors import BuildOptions, IndexInfo
 from tests.test_vector_store_contract import ArraySource
 
+pytestmark = pytest.mark.both_catalogs  # those bound to a catalog: on SQLite and PostgreSQL
+
 MODEL, DIM = "test/ann", 32
 INFO = IndexInfo(MODEL, DIM)
 SMALL = BuildOptions(exact_max=1000, nlist=32)
@@ -106,11 +108,12 @@ def test_an_old_format_file_is_unusable_and_so_rebuilt(tmp_path: Path):
 
 # ---- bound to a catalog ---------------------------------------------------------------
 @pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
+def catalog(tmp_path: Path, catalog_backend: str, request: pytest.FixtureRequest) -> Catalog:
     from bench._synthetic import fill_catalog
     from catalog import make_engine
+    from tests.conftest import catalog_url
 
-    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    url = catalog_url(catalog_backend, tmp_path / "catalog.db", request)
     fill_catalog(url, 3000, MODEL, dim=DIM, clusters=20, det_share=0.05, chunk=1000)
     return Catalog(make_engine(url))
 
