@@ -352,6 +352,14 @@ def new_pg_database(server: Any) -> str:
     return f"postgresql+psycopg://postgres@/{name}?host={server.pgdata}"
 
 
+def catalog_setting(request: pytest.FixtureRequest) -> dict[str, str]:
+    """For module fixtures parametrized by backend ("sqlite": the default file in the
+    data dir; "postgresql": a new database of the session's server)."""
+    if request.param == "postgresql":
+        return {"EVERLOOK_DATABASE_URL": new_pg_database(request.getfixturevalue("postgres"))}
+    return {}
+
+
 @pytest.fixture
 def pg_url(postgres: Any) -> str:
     """A new, empty database of that server for one test."""

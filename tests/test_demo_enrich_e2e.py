@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli, only_these_settings
+from tests.conftest import Cli, catalog_setting, only_these_settings
 from tools import demo as demo_tool
 from tools import synthworld
 
@@ -28,13 +28,16 @@ def facts(path: str) -> dict[str, Any]:
             "shape": SHAPE_WORDS[m.group("shape")]}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, list[Path]]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])  # every test on both
+def demo(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Cli, list[Path]]]:
     base = tmp_path_factory.mktemp("demo-enrich")
     with pytest.MonkeyPatch.context() as mp:
         only_these_settings(mp, {
             "EVERLOOK_HOME": str(base / "home"), "EVERLOOK_DEVICE": "cpu",
             **demo_tool.demo_settings(), "EVERLOOK_SPACES": '["clip"]',
+            **catalog_setting(request),
         })  # fmt: skip
         lib = base / "lib"
         demo_tool.build_library(lib, per_pair=2, per_style=8, per_sound=0)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli, only_these_settings
+from tests.conftest import Cli, catalog_setting, only_these_settings
 from tools import synthworld
 
 QUERIES = [("red", "circle"), ("blue", "square"), ("yellow", "star"), ("purple", "moon"),
@@ -51,14 +51,17 @@ def build(root: Path, per_pair: int = 2) -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])  # every test on both
+def demo(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Cli, Path]]:
     base = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as mp:
         only_these_settings(mp, {
             "EVERLOOK_HOME": str(base / "home"), "EVERLOOK_CLIP_MODEL": "everlook-demo",
             "EVERLOOK_CLIP_PRETRAINED": "v1", "EVERLOOK_DEVICE": "cpu",
             "EVERLOOK_STAGES": "[]",  # the meaning of embeddings alone (stages: elsewhere)
+            **catalog_setting(request),
         })  # fmt: skip
         lib = base / "lib"
         build(lib)
