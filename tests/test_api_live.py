@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,31 @@ import httpx
 import pytest
 
 from tests.helpers import make_library
-from tests.serving import Served, run_cli, serving
+from tests.serving import DemoLibrary, Served, run_cli, serving
 
-pytestmark = pytest.mark.slow
+# The tests on a library of their own (the env fixture) run on both catalogs; those on
+# the demo library's server that touch the catalog take `served` (both); the transport
+# and configuration ones (upload limits, the bind check, the data dir lock) stay on the
+# SQLite one: the catalog plays no part in them.
+pytestmark = [pytest.mark.slow, pytest.mark.both_catalogs]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(
+    request: pytest.FixtureRequest, demo_lib: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Served, DemoLibrary]]:
+    """The demo library's real server with its watcher: the session's over SQLite, or
+    one over a PostgreSQL copy of its catalog made for this module (watching the same
+    folder: what one test adds there, both servers index)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("demo_server"), demo_lib
+        return
+    from tests.conftest import pg_copy
+
+    copy = pg_copy(demo_lib, request.getfixturevalue("postgres"),
+                   tmp_path_factory.mktemp("live-pg"))  # fmt: skip
+    with serving(copy.settings, str(copy.library), cwd=copy.base) as server:
+        yield server, copy
 
 
 def raw_request(served: Served, head: bytes, body_parts: list[bytes]) -> tuple[bytes, int]:
@@ -52,8 +75,11 @@ def raw_request(served: Served, head: bytes, body_parts: list[bytes]) -> tuple[b
     return answer, sent
 
 
-def test_the_real_server_answers_searches_and_serves_thumbnails(demo_server: Served) -> None:
-    with demo_server.client() as c:
+def test_the_real_server_answers_searches_and_serves_thumbnails(
+    served: tuple[Served, DemoLibrary],
+) -> None:
+    server, _ = served
+    with server.client() as c:
         assert c.get("/api/health").json() == {"status": "ok"}
         page = c.get("/api/search", params={"q": "three yellow stars", "k": 3}).json()
         assert page["results"] and page["next_cursor"]
@@ -111,10 +137,12 @@ def test_a_second_writer_is_told_who_holds_the_data_dir(
 
 
 def test_index_under_a_served_library_is_handed_to_the_server(
-    demo_server: Served, demo_lib: Any, tmp_path: Path
+    served: tuple[Served, DemoLibrary], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    extra = demo_lib.library / "handed"
-    make_library(extra, 2, start=500)
+    demo_server, demo_lib = served
+    backend = request.node.callspec.params["served"]
+    extra = demo_lib.library / f"handed-{backend}"
+    make_library(extra, 2, start=500 if backend == "sqlite" else 600)  # not the same items
     done = run_cli(demo_lib.settings, "index", str(extra), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "handed" in done.stdout
@@ -129,8 +157,9 @@ def test_index_under_a_served_library_is_handed_to_the_server(
 
 
 def test_the_cli_answers_from_the_running_server_with_the_same_output(
-    demo_server: Served, demo_lib: Any, tmp_path: Path
+    served: tuple[Served, DemoLibrary], tmp_path: Path
 ) -> None:
+    demo_server, demo_lib = served
     picture = str(next(demo_lib.library.glob("pictures/*.jpg")))
     queries = [["a red circle -red", "-k", "7"], ["--like", "3", "-k", "4", "--has", "star"],
                ["--has", "circle:2", "-k", "5"], ["a star", "--after", "2000-01-01T10:30"],
@@ -155,7 +184,7 @@ def test_the_cli_answers_from_the_running_server_with_the_same_output(
         _restart(demo_server, demo_lib)
 
 
-def _restart(served: Served, demo_lib: Any) -> None:
+def _restart(served: Served, demo_lib: DemoLibrary) -> None:
     import subprocess
     import sys
 
