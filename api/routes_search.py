@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import StringConstraints
 
 from api.errors import ApiError
-from api.schemas import SearchPage, errors
+from api.schemas import NoNul, SearchPage, errors
 from api.services import Services, Svc
 from api.uploads import decode_upload_audio, decode_upload_image
 from catalog.filters import Filters, parse_has
@@ -47,13 +47,13 @@ def _when(value: str | None, name: str) -> datetime | None:
 Day = Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?$")]
 
 
-Text = Annotated[str | None, Query(max_length=500)]
+Text = Annotated[str | None, Query(max_length=500), NoNul]
 MAX_WILDCARDS = 8
-Many = Annotated[list[str] | None, Query(max_length=50)]
+Many = Annotated[list[str] | None, Query(max_length=50), NoNul]
 # The schema says what a `has` value may be, so a client (or a schema fuzzer) knows it
 # before asking: a label, optionally ":N" for at least N (1-999).
 HasSpec = Annotated[str, StringConstraints(pattern=r"^\s*[^:\s][^:]*(:[1-9][0-9]{0,2})?$",
-                                           max_length=200)]  # fmt: skip
+                                           max_length=200), NoNul]  # fmt: skip
 
 
 def filter_params(
@@ -218,7 +218,7 @@ async def search_image(
     filters: Annotated[Filters, Depends(filter_params)],
     file: Annotated[UploadFile, File(description="the image to search with")],
     q: Annotated[str | None, Form(max_length=500, description="text combined with the "
-                                  "image; -words search away from them")] = None,
+                                  "image; -words search away from them"), NoNul] = None,
     k: K = 24, min_score: MinScore = None, cursor: CursorQ = None, space: SpaceQ = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Pictures (or, with kind=audio, sounds) like an uploaded picture, optionally

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.sse import EventSourceResponse
 
 from api.errors import ApiError, AsciiJSON
-from api.schemas import StyleJobList, StyleJobPublic, errors
+from api.schemas import NoNul, StyleJobList, StyleJobPublic, errors
 from api.services import Services, StylizeConfig, Svc
 from api.uploads import decode_upload_image
 from catalog.stylejobs import FINISHED, JobStateError, QueueFull
@@ -78,7 +78,8 @@ async def start(
     style_item_id: Annotated[int | None, Form(ge=1, le=2**63 - 1, description="a "
                              "picture of the library to take the style from")] = None,
     artist: Annotated[str | None, Form(min_length=1, max_length=200, description="an "
-                      "artist: the library's strongest artwork in that style is used")] = None,
+                      "artist: the library's strongest artwork in that style is used"),
+                      NoNul] = None,
     style: Annotated[UploadFile | None, File(description="a style picture")] = None,
     side: Annotated[int | None, Form(ge=32, description="long side of the result")] = None,
     steps: Annotated[int | None, Form(ge=1)] = None,

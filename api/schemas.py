@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+
+def _no_nul(value: Any) -> Any:
+    """PostgreSQL stores no NUL character in a text (SQLite would): a parameter compared
+    with stored text that holds one is refused up front, saying so, on either catalog."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("holds a NUL character (U+0000), which no stored text can hold")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)  # on text (or lists of it) that reaches the catalog
 
 
 class ErrorDetail(BaseModel):

@@ -192,3 +192,21 @@ def test_min_score_drops_weaker_results(api: Api) -> None:
     page = api.ok("/api/search", params={"q": "a red circle", "k": 50, "min_score": 0.5})
     assert all(r["score"] >= 0.5 for r in page["results"])
     assert len(page["results"]) < 50
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"q": "a red\x00 circle"}, {"path_glob": "/x\x00*"}, {"has": "st\x00ar"},
+     {"tag": "sky\x00"}, {"label": "\x00"}, {"style": "mo\x00net"}, {"camera": "\x00"},
+     {"q": "a star", "has": ["star", "ci\x00rcle:2"]}],
+)  # fmt: skip
+def test_a_nul_character_in_a_text_parameter_is_a_clear_422(
+    api: Api, params: dict[str, Any]
+) -> None:
+    """PostgreSQL stores no NUL in a text (SQLite would): refused up front and named,
+    on either catalog, never a 500 (the PostgreSQL catalog answered 500 to label=%00)."""
+    err = error_of(api.get("/api/search", params=params), 422)
+    assert any("NUL" in d["problem"] for d in err["details"]), err
+    form = api.client.post("/api/search/image", data={"q": "a\x00"},
+                           files={"file": ("q.png", png_of({"shape": "star"}))})  # fmt: skip
+    assert any("NUL" in d["problem"] for d in error_of(form, 422)["details"])

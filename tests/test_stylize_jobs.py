@@ -289,6 +289,8 @@ def test_an_artist_style_uses_the_strongest_artwork_of_that_artist(lib: Lib):
     assert job["style"] == {"kind": "artist", "item_id": ids[2], "artist": "Claude Monet"}
     r = lib.start(item_id=ids[0], artist="Nobody Atall")
     assert r.status_code == 422 and "Nobody Atall" in r.json()["error"]["message"]
+    r = lib.start(item_id=ids[0], artist="Claude\x00Monet")  # no stored text holds one
+    assert r.status_code == 422 and "NUL" in r.text
 
 
 def test_an_uploaded_style_picture_is_checked_and_kept_as_pixels_only(lib: Lib):
