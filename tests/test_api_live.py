@@ -19,10 +19,8 @@ import pytest
 from tests.helpers import make_library
 from tests.serving import DemoLibrary, Served, run_cli, serving
 
-# The tests on a library of their own (the env fixture) run on both catalogs; those on
-# the demo library's server that touch the catalog take `served` (both); the transport
-# and configuration ones (upload limits, the bind check, the data dir lock) stay on the
-# SQLite one: the catalog plays no part in them.
+# Every test runs on both catalogs: those on a library of their own through the env
+# fixture, those on the demo library's server through `served`.
 pytestmark = [pytest.mark.slow, pytest.mark.both_catalogs]
 
 
@@ -87,7 +85,10 @@ def test_the_real_server_answers_searches_and_serves_thumbnails(
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/webp"
 
 
-def test_a_30_mb_upload_gets_413_before_its_body_is_sent(demo_server: Served) -> None:
+def test_a_30_mb_upload_gets_413_before_its_body_is_sent(
+    served: tuple[Served, DemoLibrary],
+) -> None:
+    demo_server, _ = served
     size = 30 * 1024 * 1024
     head = (f"POST /api/search/image HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n"
             "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode()  # fmt: skip
@@ -105,7 +106,8 @@ def test_a_30_mb_upload_gets_413_before_its_body_is_sent(demo_server: Served) ->
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
-def test_a_chunked_upload_is_cut_off_at_the_limit(demo_server: Served) -> None:
+def test_a_chunked_upload_is_cut_off_at_the_limit(served: tuple[Served, DemoLibrary]) -> None:
+    demo_server, _ = served
     head = (b"POST /api/search/image HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")  # fmt: skip
     mb = 1024 * 1024
@@ -119,8 +121,9 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(demo_server: Served) -> None:
 
 
 def test_serve_refuses_to_listen_beyond_loopback_without_a_token(
-    demo_lib: Any, tmp_path: Path
+    served: tuple[Served, DemoLibrary], tmp_path: Path
 ) -> None:
+    _, demo_lib = served
     done = run_cli(demo_lib.settings, "serve", "--host", "0.0.0.0", "--port", "0", cwd=tmp_path,
                    timeout=60)  # fmt: skip
     assert done.returncode == 2
@@ -128,8 +131,9 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_token(
 
 
 def test_a_second_writer_is_told_who_holds_the_data_dir(
-    demo_server: Served, demo_lib: Any, tmp_path: Path
+    served: tuple[Served, DemoLibrary], tmp_path: Path
 ) -> None:
+    demo_server, demo_lib = served
     outside = make_library(tmp_path / "elsewhere", 2)[0].parent
     done = run_cli(demo_lib.settings, "index", str(outside), cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
