@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, select, union
+from sqlalchemy import CompoundSelect, func, intersect, select, true, union
 from sqlalchemy import text as text_sql
 from sqlalchemy.orm import Session
 
@@ -78,28 +78,27 @@ SELECT kind FROM kinds WHERE kind IS NOT NULL
 """  # the label kinds in use, by a loose scan of ix_labels_kind_label (a few seeks)
 
 
-def _time_clause(after: datetime | None, before: datetime | None) -> Any:
-    """Capture time when the item has one, else the time of any of its files."""
+def _time_ids(after: datetime | None, before: datetime | None) -> Any:
+    """Capture time when the item has one, else the time of any of its files: two index
+    ranges (ix_items_taken_at; ix_paths_undated_mtime, the paths of items without a
+    capture time), no probe of an item."""
     taken: list[Any] = [Item.taken_at.is_not(None)]
-    by_file: list[Any] = []
+    by_file: list[Any] = [FilePath.undated == true()]  # the partial index's own term
     if after is not None:
         taken.append(Item.taken_at >= after)
         by_file.append(FilePath.mtime_ns >= _mtime_ns(after))
     if before is not None:
         taken.append(Item.taken_at < before)
         by_file.append(FilePath.mtime_ns < _mtime_ns(before))
-    by_capture = select(Item.id).where(*taken)  # ix_items_taken_at
-    # The range of ix_paths_mtime_item, then each hit's item by its key. (As a join,
-    # SQLite walks the 40 % of items without a capture time instead: 0.33 s at 1M.)
-    undated = exists().where(Item.id == FilePath.item_id, Item.taken_at.is_(None))
-    by_mtime = select(FilePath.item_id).where(*by_file, undated)
-    return Item.id.in_(union(by_capture, by_mtime))
+    return union(select(Item.id).where(*taken), select(FilePath.item_id).where(*by_file))
 
 
-def conditions(f: Filters, kinds: Sequence[str] | None = None) -> list[Any]:
-    """SQL conditions on Item for everything but the path glob. ``kinds``: the label
-    kinds in use (label_kinds), which let a plain label filter seek its index."""
-    cond: list[Any] = []
+def id_sets(f: Filters, kinds: Sequence[str] | None = None) -> tuple[list[Any], list[Any]]:
+    """The filters as (selects of the item ids each admits, conditions on Item's own
+    columns), for everything but the path glob. ``kinds``: the label kinds in use
+    (label_kinds), which let a plain label filter seek its index."""
+    sets: list[Any] = []
+    rows: list[Any] = []
     for label, count in f.has:
         n = max(1, count)
         having = (
@@ -107,49 +106,66 @@ def conditions(f: Filters, kinds: Sequence[str] | None = None) -> list[Any]:
             .where(DetectionRow.label == label, DetectionRow.confidence >= f.min_confidence)
             .group_by(DetectionRow.item_id)
         )
-        cond.append(Item.id.in_(having.having(func.count() >= n) if n > 1 else having))
+        sets.append(having.having(func.count() >= n) if n > 1 else having)
     for tag in f.tags:
-        cond.append(Item.id.in_(select(SegmentRow.item_id).where(SegmentRow.label == tag)))
+        sets.append(select(SegmentRow.item_id).where(SegmentRow.label == tag))
     for artist in f.styles:
-        cond.append(
-            Item.id.in_(
-                select(LabelRow.item_id).where(
-                    LabelRow.kind == "style", LabelRow.label == artist,
-                    LabelRow.score >= f.min_style,
-                )
+        sets.append(
+            select(LabelRow.item_id).where(
+                LabelRow.kind == "style", LabelRow.label == artist, LabelRow.score >= f.min_style
             )
-        )  # fmt: skip
+        )
     if f.styles and f.min_artwork > 0:
-        cond.append(
-            Item.id.in_(
-                select(LabelRow.item_id).where(
-                    LabelRow.kind == "artwork", LabelRow.score >= f.min_artwork
-                )
+        sets.append(
+            select(LabelRow.item_id).where(
+                LabelRow.kind == "artwork", LabelRow.score >= f.min_artwork
             )
         )
     for label in f.labels:
         which = [LabelRow.label == label]
         if kinds is not None:
             which.append(LabelRow.kind.in_(list(kinds) or [""]))
-        cond.append(Item.id.in_(select(LabelRow.item_id).where(*which)))
-    if f.kind:
-        cond.append(Item.kind == f.kind)
+        sets.append(select(LabelRow.item_id).where(*which))
     if f.after is not None or f.before is not None:
-        cond.append(_time_clause(f.after, f.before))
+        sets.append(_time_ids(f.after, f.before))
+    if f.kind:
+        rows.append(Item.kind == f.kind)
     if f.camera:
         make = func.coalesce(Item.camera_make, "") + " " + func.coalesce(Item.camera_model, "")
-        cond.append(func.lower(make).contains(f.camera.lower(), autoescape=True))
-    return cond
+        rows.append(func.lower(make).contains(f.camera.lower(), autoescape=True))
+    return sets, rows
+
+
+def conditions(f: Filters, kinds: Sequence[str] | None = None) -> list[Any]:
+    """SQL conditions on Item for everything but the path glob (see id_sets)."""
+    sets, rows = id_sets(f, kinds)
+    return [Item.id.in_(q) for q in sets] + rows
 
 
 def label_kinds(s: Session) -> list[str]:
     return list(s.scalars(text_sql(_KINDS)))
 
 
+def _intersection(sets: list[Any]) -> Any:
+    if len(sets) == 1:
+        return sets[0]
+    # SQLite takes no parenthesised compound inside a compound: a union goes in as a
+    # sub-query.
+    plain = [q if not isinstance(q, CompoundSelect) else select(q.subquery().c[0]) for q in sets]
+    return intersect(*plain)
+
+
 def matching_ids(s: Session, f: Filters, batch: int = 500) -> list[int]:
     """Every item id the filters admit, ascending."""
-    cond = conditions(f, label_kinds(s) if f.labels else None)
-    ids = list(s.scalars(select(Item.id).where(*cond).order_by(Item.id)))
+    sets, rows = id_sets(f, label_kinds(s) if f.labels else None)
+    if sets and not rows:
+        # The sets' intersection as it comes from their indexes: looking each id up in
+        # items as well (to test nothing) cost ~2 us an id, 23 ms for a 1 % date window
+        # at a million items. Every id in these tables is an item's (foreign keys).
+        ids: list[int] = sorted(s.scalars(_intersection(sets)))
+    else:
+        cond = [Item.id.in_(q) for q in sets] + rows
+        ids = list(s.scalars(select(Item.id).where(*cond).order_by(Item.id)))
     if not f.path_glob:
         return ids
     # Globs run in Python: paths are bytes (any name the OS allows) and SQL GLOB/LIKE

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -24,6 +25,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -99,7 +102,11 @@ class FilePath(Base):
     """Where an item's bytes live. Size and mtime let a rescan skip unchanged files."""
 
     __tablename__ = "paths"
-    __table_args__ = (Index("ix_paths_mtime_item", "mtime_ns", "item_id"),)  # migration 0008
+    # The file-time half of a date filter: undated items' paths by time (migration 0010).
+    __table_args__ = (
+        Index("ix_paths_undated_mtime", "mtime_ns", "item_id",
+              sqlite_where=text("undated = 1"), postgresql_where=text("undated = true")),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(Key, primary_key=True)
     item_id: Mapped[int] = mapped_column(
@@ -108,6 +115,8 @@ class FilePath(Base):
     path: Mapped[str] = mapped_column(FsPath, unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    # The item has no capture time (fixed by its content): its files' times date it.
+    undated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )

@@ -346,6 +346,7 @@ class Catalog:
         the path. Returns sha256 -> item id.
         """
         ids: dict[str, int] = {}
+        undated: dict[str, bool] = {}  # the item has no capture time (see FilePath)
         with self.Session.begin() as s:
             for new in items:
                 item_id = ids.get(new.sha256)
@@ -364,14 +365,16 @@ class Catalog:
                     # orphan (it locks FOR UPDATE, then looks for paths again) waits and
                     # then sees the path this adds; or it went first, and the insert
                     # above, having waited for it, made the item anew.
-                    item_id = s.scalar(select(Item.id).where(Item.sha256 == new.sha256)
-                                       .with_for_update(read=True))  # fmt: skip
-                    assert item_id is not None
+                    row = s.execute(select(Item.id, Item.taken_at.is_(None))
+                                    .where(Item.sha256 == new.sha256)
+                                    .with_for_update(read=True)).first()  # fmt: skip
+                    assert row is not None
+                    item_id, undated[new.sha256] = row
                 if new.sha256 not in ids and new.vector:  # audio: embedded by a stage
                     self._put_embedding(s, item_id, new, stage)
                 ids[new.sha256] = item_id
                 self._detach(self._set_path(s, new.path, item_id, new.size_bytes,
-                                            new.mtime_ns))  # fmt: skip
+                                            new.mtime_ns, undated[new.sha256]))  # fmt: skip
         self.stages.note_items(ids.values())
         return ids
 
@@ -407,12 +410,12 @@ class Catalog:
         with self.Session.begin() as s:
             for path, item_id, size, mtime in rows:
                 # FOR SHARE: see add_items. None: it went before we could hold it.
-                held = s.scalar(select(Item.id).where(Item.id == item_id)
-                                .with_for_update(read=True))  # fmt: skip
+                held = s.execute(select(Item.taken_at.is_(None)).where(Item.id == item_id)
+                                 .with_for_update(read=True)).first()  # fmt: skip
                 if held is None:
                     gone.append(path)
                     continue
-                self._detach(self._set_path(s, path, item_id, size, mtime))
+                self._detach(self._set_path(s, path, item_id, size, mtime, bool(held[0])))
         return gone
 
     def _detach(self, item_id: int | None) -> None:
@@ -421,14 +424,16 @@ class Catalog:
                 self._detached.add(item_id)
 
     @staticmethod
-    def _set_path(s: Session, path: str, item_id: int, size: int, mtime_ns: int) -> int | None:
-        """Point path at item_id; the item it pointed at before, if that was another."""
+    def _set_path(
+        s: Session, path: str, item_id: int, size: int, mtime_ns: int, undated: bool
+    ) -> int | None:
+        """Point path at item_id (undated: it has no capture time); the item it pointed
+        at before, if that was another."""
         before = s.scalar(select(FilePath.item_id).where(FilePath.path == path))
+        now = {"item_id": item_id, "size": size, "mtime_ns": mtime_ns, "undated": undated}
         s.execute(
-            insert_for(s, FilePath).values(path=path, item_id=item_id, size=size,
-                                           mtime_ns=mtime_ns)
-            .on_conflict_do_update(index_elements=["path"],
-                                   set_={"item_id": item_id, "size": size, "mtime_ns": mtime_ns})
+            insert_for(s, FilePath).values(path=path, **now)
+            .on_conflict_do_update(index_elements=["path"], set_=now)
         )  # fmt: skip
         s.execute(delete(FileFailure).where(FileFailure.path == path))
         return before if before is not None and before != item_id else None

@@ -38,7 +38,7 @@ def test_migrations_create_every_table_on_first_open(catalog: Catalog):
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(migrations.alembic_config(catalog.engine)).get_current_head()
-    assert migrations.current(catalog.engine) == head == "0009"
+    assert migrations.current(catalog.engine) == head == "0010"
 
 
 def test_paths_stored_as_text_by_an_older_catalog_still_match_after_upgrade(tmp_path):
@@ -109,4 +109,39 @@ def test_upgrade_is_idempotent(tmp_path: Path):
     engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
     migrations.upgrade(engine)
     migrations.upgrade(engine)
-    assert migrations.current(engine) == "0009"
+    assert migrations.current(engine) == "0010"
+
+
+def test_upgrading_to_0010_marks_the_paths_of_items_without_a_capture_time(
+    env: dict[str, str],
+):
+    """A catalog written before 0010 is dated by the same rule after it: capture time,
+    else any of the item's files' times (now read from the paths' own flag)."""
+    from datetime import datetime
+
+    import migrations
+    from catalog.filters import Filters
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.catalog_url)
+    migrations.upgrade(engine, "0009")
+    day = datetime(2021, 6, 1, 12)
+    ns = int(day.timestamp() * 1e9)
+    with engine.begin() as c:
+        for i, taken in ((1, day), (2, None), (3, None)):
+            c.execute(text("INSERT INTO items (id, sha256, kind, size_bytes, taken_at, "
+                           "created_at) VALUES (:i, :h, 'image', 1, :t, :now)"),
+                      {"i": i, "h": f"{i:064d}", "t": taken, "now": day})  # fmt: skip
+            mtime = ns if i != 3 else ns - 400 * 86400 * 10**9  # item 3: a year before
+            c.execute(text("INSERT INTO paths (item_id, path, size, mtime_ns, updated_at) "
+                           "VALUES (:i, :p, 1, :m, :now)"),
+                      {"i": i, "p": f"/p/{i}.jpg", "m": mtime, "now": day})  # fmt: skip
+    migrations.upgrade(engine)
+    with engine.connect() as c:
+        flags = dict(c.execute(text("SELECT item_id, undated FROM paths ORDER BY item_id")).all())
+    assert {k: bool(v) for k, v in flags.items()} == {1: False, 2: True, 3: True}
+    cat = Catalog(engine)
+    window = Filters(after=datetime(2021, 5, 1), before=datetime(2021, 7, 1))
+    assert cat.filter_ids(window) == [1, 2]
+    engine.dispose()

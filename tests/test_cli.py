@@ -155,7 +155,7 @@ def test_db_upgrade_reports_the_revision(cli):
 
     res = cli("db", "upgrade")
     assert res.exit_code == 0 and f"revision {migrations.head()}" in res.stdout
-    assert migrations.head() == "0009"  # and the head is the newest file (test_catalog)
+    assert migrations.head() == "0010"  # and the head is the newest file (test_catalog)
 
 
 def test_the_console_script_runs_in_a_fresh_process(run_everlook, tmp_path):

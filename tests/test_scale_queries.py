@@ -324,7 +324,8 @@ def test_search_filters_seek_indexes_and_admit_what_they_say(parts):
             s.add(Item(id=i, sha256=f"{i:064d}", kind="image", size_bytes=1, taken_at=taken))
             s.flush()
             mtime = int((day + timedelta(days=40 - i)).timestamp() * 1e9)
-            s.add(FilePath(item_id=i, path=f"/p/{i}.jpg", size=1, mtime_ns=mtime))
+            s.add(FilePath(item_id=i, path=f"/p/{i}.jpg", size=1, mtime_ns=mtime,
+                           undated=taken is None))  # fmt: skip
             for _ in range(i % 4):  # 0..3 dogs, the third one unsure
                 s.add(
                     DetectionRow(
