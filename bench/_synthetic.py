@@ -91,6 +91,7 @@ def fill_catalog(
             paths.append({
                 "item_id": i, "path": f"/synthetic/photos/{t.year}/IMG_{i:06d}.jpg",
                 "size": int(sizes[j]), "mtime_ns": int(t.timestamp() * 1e9), "updated_at": now,
+                "undated": not has_exif[j],  # as Catalog writes it: no capture time
             })  # fmt: skip
             embs.append({"item_id": i, "space": "clip", "model_id": model_id, "dim": dim,
                          "vector": vecs[j].tobytes(), "created_at": now})  # fmt: skip

@@ -366,3 +366,32 @@ def test_search_filters_seek_indexes_and_admit_what_they_say(parts):
         got, full = watched(parts, lambda f=f: cat.filter_ids(f))
         assert got == want, f
         assert full == [], (f, full)
+
+
+def test_the_benches_synthetic_catalog_is_dated_as_the_catalog_dates_it(tmp_path: Path):
+    """bench/_synthetic.py writes rows itself: a date filter over them must admit what
+    the rule says (capture time, else a file's time), or the benches time a wrong answer."""
+    from datetime import datetime
+
+    from sqlalchemy import text
+
+    from bench._synthetic import fill_catalog
+    from catalog import Catalog, make_engine
+    from catalog.filters import Filters, _mtime_ns
+
+    url = f"sqlite:///{tmp_path / 'synthetic.db'}"
+    fill_catalog(url, 400, "m", dim=4, chunk=100)
+    engine = make_engine(url)
+    lo, hi = datetime(2014, 1, 1), datetime(2018, 1, 1)
+    with engine.connect() as c:
+        rows = c.execute(text("SELECT items.id, items.taken_at, paths.mtime_ns FROM items "
+                              "JOIN paths ON paths.item_id = items.id")).all()  # fmt: skip
+    want = sorted({
+        i for i, taken, mtime in rows
+        if (taken is not None and lo <= datetime.fromisoformat(str(taken)) < hi)
+        or (taken is None and _mtime_ns(lo) <= mtime < _mtime_ns(hi))
+    })  # fmt: skip
+    assert 0 < len(want) < 400
+    assert any(taken is None for _, taken, _ in rows)
+    assert Catalog(engine).filter_ids(Filters(after=lo, before=hi)) == want
+    engine.dispose()
