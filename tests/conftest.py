@@ -236,13 +236,28 @@ def pg_copy(lib: Any, postgres: Any, base: Path) -> Any:
     migrate-store` does), ids and vectors kept; a home of its own under base with the
     same model caches and a copy of the index files (their catalog mark holds for the
     copy)."""
+    import sqlite3
+
     import migrations
     from catalog import make_engine
     from catalog.transfer import copy_catalog
     from tests.serving import DemoLibrary
 
     url = new_pg_database(postgres)
-    src = make_engine(f"sqlite:///{lib.settings['EVERLOOK_HOME']}/catalog.db")
+    # From a snapshot (SQLite's online backup): a server over the library may be writing,
+    # and a copy table by table could then name an item it did not copy.
+    base.mkdir(parents=True, exist_ok=True)
+    snapshot = base / "snapshot.db"
+    live, copy = (
+        sqlite3.connect(f"{lib.settings['EVERLOOK_HOME']}/catalog.db"),
+        sqlite3.connect(snapshot),
+    )
+    try:
+        live.backup(copy)
+    finally:
+        live.close()
+        copy.close()
+    src = make_engine(f"sqlite:///{snapshot}")
     dst = make_engine(url)
     migrations.ensure_head(dst)
     copy_catalog(src, dst)

@@ -31,9 +31,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # A literal default ('0': false to both databases), not an expression: SQLite then
+    # adds the column in place instead of copying the whole table.
     with op.batch_alter_table("paths") as batch:
         batch.add_column(sa.Column("undated", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))  # fmt: skip
+                                   server_default="0"))  # fmt: skip
     op.execute(
         "UPDATE paths SET undated = EXISTS (SELECT 1 FROM items WHERE items.id = paths.item_id"
         " AND items.taken_at IS NULL)"

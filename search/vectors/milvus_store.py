@@ -293,8 +293,9 @@ class MilvusStore:
             return None
         self._asked_at = now
         self.follow()
+        before = self._since
         n = self._counted = self.count()
-        self._since = 0
+        self._since -= before  # what was written during the count is left to the next
         if self.kind == "flat" and n >= top:
             return f"{n} vectors reached EVERLOOK_INDEX_EXACT_MAX ({options.exact_max})"
         if self.kind == "ivf" and n < low:
