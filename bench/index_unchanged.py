@@ -101,16 +101,9 @@ def add_tree_rows(url: str, root: Path, first_id: int, dim: int = 512) -> int:
             sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
             items.append({"id": i, "sha256": sha, "kind": "image", "format": "JPEG", "width": 64,
                           "height": 48, "size_bytes": size, "created_at": now})  # fmt: skip
-            paths.append(
-                {
-                    "item_id": i,
-                    "path": path,
-                    "size": size,
-                    "mtime_ns": mtime,
-                    "undated": True,
-                    "updated_at": now,
-                }
-            )  # no capture time: see FilePath
+            # undated: these items have no capture time (see FilePath)
+            paths.append({"item_id": i, "path": path, "size": size, "mtime_ns": mtime,
+                          "undated": True, "updated_at": now})  # fmt: skip
             embs.append({"item_id": i, "space": "clip", "model_id": MODEL_ID, "dim": dim,
                          "vector": vecs[j].tobytes(), "created_at": now})  # fmt: skip
             stages.append({"item_id": i, "stage": "embed/clip", "status": "done",

@@ -138,7 +138,10 @@ def id_sets(f: Filters, kinds: Sequence[str] | None = None) -> tuple[list[Any], 
 
 def conditions(f: Filters, kinds: Sequence[str] | None = None) -> list[Any]:
     """SQL conditions on Item for everything but the path glob (see id_sets)."""
-    sets, rows = id_sets(f, kinds)
+    return _on_items(*id_sets(f, kinds))
+
+
+def _on_items(sets: list[Any], rows: list[Any]) -> list[Any]:
     return [Item.id.in_(q) for q in sets] + rows
 
 
@@ -151,7 +154,9 @@ def _intersection(sets: list[Any]) -> Any:
         return sets[0]
     # SQLite takes no parenthesised compound inside a compound: a union goes in as a
     # sub-query.
-    plain = [q if not isinstance(q, CompoundSelect) else select(q.subquery().c[0]) for q in sets]
+    plain: list[Any] = []
+    for q in sets:
+        plain.append(select(q.subquery().c[0]) if isinstance(q, CompoundSelect) else q)
     return intersect(*plain)
 
 
@@ -165,8 +170,7 @@ def matching_ids(s: Session, f: Filters, batch: int = 500) -> list[int]:
         # A single set may name an item twice (a tag per segment): once each, as before.
         ids: list[int] = sorted(set(s.scalars(_intersection(sets))))
     else:
-        cond = [Item.id.in_(q) for q in sets] + rows
-        ids = list(s.scalars(select(Item.id).where(*cond).order_by(Item.id)))
+        ids = list(s.scalars(select(Item.id).where(*_on_items(sets, rows)).order_by(Item.id)))
     if not f.path_glob:
         return ids
     # Globs run in Python: paths are bytes (any name the OS allows) and SQL GLOB/LIKE
