@@ -10,10 +10,10 @@ Prints images/s for
 and c/ceiling, where the ceiling is 1 / (1/a + 1/p): model and decoding share the same
 cores, so the pipeline cannot beat the sum of their costs per image. All in one run, on
 the same machine state, with the backend the settings choose (ONNX Runtime on a CPU;
-EVERLOOK_CLIP_BACKEND=torch for PyTorch, EVERLOOK_CPU_BF16=true for bfloat16 on a CPU
-with AMX; where the CPU has AMX, the other precision's (a) is measured last). Also prints
-the rate of the `everlook index` command itself, process start and model load included
-(its ONNX export shared), and the fp32 bound: the image tower's GFLOP per picture
+EVERLOOK_CLIP_BACKEND=torch for PyTorch, EVERLOOK_CPU_BF16=true for bfloat16 (OpenVINO)
+on a CPU that multiplies it natively; there, the other precision's (a) is measured last).
+Also prints the rate of the `everlook index` command itself, process start and model load
+included (its ONNX export shared), and the fp32 bound: the image tower's GFLOP per picture
 against this machine's fp32 matrix-multiply rate.
 
 ViT-B-32 gets random weights (same cost as real ones), saved where an offline user puts
@@ -143,9 +143,12 @@ def naive(embedder, files: list[Path]) -> float:
 
 
 def _precision(emb) -> str:
-    """What the embedder's image tower runs in, from its weights (ONNX Runtime: fp32)."""
+    """What the embedder's image tower runs in, from its weights (ONNX Runtime: fp32;
+    OpenVINO's bf16 tower: bf16)."""
     if not getattr(emb, "_images_by_torch", lambda: False)() and getattr(emb, "_onnx_state", None):
-        return "fp32"
+        from search.embedders.clip_bf16 import OvTower
+
+        return "bf16" if isinstance(emb._onnx_state._towers.get("image"), OvTower) else "fp32"
     from search.gpu import input_dtype
 
     return str(input_dtype(emb.model)).replace("torch.", "").replace("bfloat16", "bf16")
@@ -218,8 +221,9 @@ def main() -> None:
               f"backend {getattr(emb, 'backend', 'torch')}, {os.cpu_count()} cores")  # fmt: skip
 
         bf16 = _precision(emb) == "bf16"
-        by_ort = _precision(emb) == "fp32" and getattr(emb, "_onnx_state", None)
-        print(f"pictures run on: {'ONNX Runtime' if by_ort else 'PyTorch'} {_precision(emb)}")
+        onnx = getattr(emb, "_onnx_state", None) and not emb._images_by_torch()
+        runs = ("OpenVINO" if bf16 else "ONNX Runtime") if onnx else "PyTorch"
+        print(f"pictures run on: {runs} {_precision(emb)}")
         print("(a) model only ...", flush=True)
         a, best_bs = model_only(emb, args.files)
         print("(p) preparation only ...", flush=True)
@@ -252,11 +256,11 @@ def main() -> None:
         wall = time.perf_counter() - t
         inner = json.loads(res.stdout)["seconds"]
 
-    other = None  # the other precision's (a), where the CPU has AMX: measured last, so that
-    # a second runtime's threads never share the machine with (b), (c) or the command
-    from search.embedders.clip import cpu_has_amx_bf16
+    other = None  # the other precision's (a), where the CPU multiplies bf16: measured last,
+    # so that a second runtime's threads never share the machine with (b), (c) or the command
+    from search.embedders.clip_bf16 import native_bf16
 
-    if cpu_has_amx_bf16() and os.environ.get("EVERLOOK_CLIP_BACKEND", "auto") == "auto":
+    if native_bf16() and os.environ.get("EVERLOOK_CLIP_BACKEND", "auto") == "auto":
         with tempfile.TemporaryDirectory() as home:
             (Path(home) / "models").mkdir()
             (Path(home) / "models" / "onnx").symlink_to(onnx)

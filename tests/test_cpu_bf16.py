@@ -1,5 +1,6 @@
-"""Pictures in bfloat16 on a CPU with AMX: taken only where the CPU has the units and the
-vectors agree with fp32 (cosine >= 0.999), else ONNX Runtime in fp32 as before.
+"""Pictures in bfloat16 through PyTorch on a CPU with AMX, where OpenVINO is missing (with
+it, tests/test_clip_bf16.py): taken only where the CPU has the units and the vectors agree
+with fp32 (cosine >= 0.999), else ONNX Runtime in fp32 as before.
 
 bf16 runs on any CPU (slowly without AMX), so the AMX probes are patched here and the
 tests hold on every machine; bench/index_throughput.py measures the speed where AMX is."""
@@ -23,6 +24,10 @@ DEMO, DEMO_TAG = "everlook-demo", "v1"  # trained weights: real activations, not
 def amx(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    from search.embedders import clip_bf16
+
+    # PyTorch runs bf16 only where OpenVINO cannot (tests/test_clip_bf16.py): as if absent.
+    monkeypatch.setattr(clip_bf16, "openvino_version", lambda: None)
     monkeypatch.setattr(clip_mod, "cpu_has_amx_bf16", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
 
@@ -102,6 +107,7 @@ def test_the_setting_reaches_the_embedder(env: dict[str, str], monkeypatch):
     from everlook.wiring import Parts
 
     monkeypatch.delenv("EVERLOOK_CPU_BF16")
-    assert Parts(Settings()).embedder.cpu_bf16 is False  # opt-in: start-up costs ~5 s
+    # Opt-in: bf16 vectors are close to fp32's, not equal (tests/test_clip_bf16.py).
+    assert Parts(Settings()).embedder.cpu_bf16 is False
     monkeypatch.setenv("EVERLOOK_CPU_BF16", "true")
     assert Parts(Settings()).embedder.cpu_bf16 is True

@@ -60,8 +60,10 @@ class OpenClipEmbedder(LazyModel[Parts]):
     where exported towers are kept; without it "auto" means torch. ``threads``: ONNX
     Runtime's (default: every core). ``prepack_text=False`` opens the text tower faster
     and runs it slower: for a process that answers one query (see clip_onnx.session).
-    ``cpu_bf16``: on a CPU with AMX, run pictures in bfloat16 where they agree with fp32
-    (Settings.cpu_bf16 turns it on; off here, so a bare embedder computes fp32).
+    ``cpu_bf16``: on a CPU that multiplies bfloat16 natively, run pictures in bf16 where
+    they agree with fp32: OpenVINO (clip_bf16) with ONNX Runtime's towers, or PyTorch on
+    AMX when OpenVINO is missing (Settings.cpu_bf16, on by default; off here, so a bare
+    embedder computes fp32).
     """
 
     space = "clip"
@@ -169,8 +171,10 @@ class OpenClipEmbedder(LazyModel[Parts]):
         passed its parity gate (text queries stay on ONNX Runtime: no torch to start)."""
         if self._bf16_images is None:
             wanted = self.backend == "auto" and self.quantize == "none" and self.cpu_bf16
-            # The device may still read "auto" here (it settles when the model loads).
-            if wanted and cpu_has_amx_bf16() and not self._on_gpu():
+            # OpenVINO runs bf16 without PyTorch's start-up (clip_bf16): PyTorch only
+            # where it is missing. The device may still read "auto" here (it settles when
+            # the model loads).
+            if wanted and cpu_has_amx_bf16() and not bf16_runtime() and not self._on_gpu():
                 import torch
 
                 from search.gpu import input_dtype
@@ -247,6 +251,7 @@ class OpenClipEmbedder(LazyModel[Parts]):
         return clip_onnx.OnnxClip(
             folder, quantize=self.quantize, tokenize=self._tokens, export=self._export,
             weights=self._weights_stamp, threads=self.threads, prepack_text=self.prepack_text,
+            bf16=self.cpu_bf16 and self.quantize == "none",
         )  # fmt: skip
 
     def _on_gpu(self) -> bool:
@@ -405,6 +410,13 @@ def _unit(feats: Any) -> np.ndarray:
     if half:
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
+
+
+def bf16_runtime() -> bool:
+    """Whether OpenVINO is there to run pictures in bf16 on this CPU (clip_bf16)."""
+    from search.embedders.clip_bf16 import available
+
+    return available()
 
 
 def cpu_has_amx_bf16() -> bool:

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +170,10 @@ class OnnxClip:
         weights: Callable[[], dict[str, Any] | None],
         threads: int | None = None,
         prepack_text: bool = True,
+        bf16: bool = False,
     ) -> None:
         self.folder = folder
+        self.bf16 = bf16  # pictures in bf16 where the CPU and the gate allow (clip_bf16)
         self.quantize = quantize
         self.tokenize = tokenize
         self._export = export
@@ -223,7 +226,15 @@ class OnnxClip:
                 art = self._int8(name, info)
             try:
                 prepack = self.prepack_text or name != "text"
-                return Tower(session(art.path, self.threads, prepack=prepack), info)
+                fp32 = _once(partial(_load_tower, art.path, self.threads, prepack, info))
+                if name == "image" and self.bf16 and self.quantize == "none":
+                    from search.embedders import clip_bf16
+
+                    fast = clip_bf16.decide(self.folder, info, fp32, self.picture_prep(),
+                                            self.threads)  # fmt: skip
+                    if fast is not None:
+                        return fast
+                return fp32()
             except Exception as exc:  # a file damaged after its sidecar was written
                 log.warning("cached %s is unreadable (%s); exporting it again", art.path, exc)
                 art.forget()
@@ -266,6 +277,23 @@ class OnnxClip:
                 if self._prep is False:
                     self._prep = PicturePrep.from_cfg((self.info("image") or {}).get("preprocess"))
         return self._prep  # type: ignore[return-value]
+
+
+def _load_tower(path: Path, threads: int | None, prepack: bool, info: dict[str, Any]) -> Tower:
+    return Tower(session(path, threads, prepack=prepack), info)
+
+
+def _once(make: Callable[[], Tower]) -> Callable[[], Tower]:
+    """make, called at most once: the fp32 session the bf16 gate opens is the one kept
+    when bf16 is refused."""
+    made: list[Tower] = []
+
+    def get() -> Tower:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
 
 
 # Prompts on which towers are compared: short and long, punctuation, digits, non-Latin.
