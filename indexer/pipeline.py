@@ -366,6 +366,9 @@ class Pipeline:
             return
         # The index opens (and is reconciled with the catalog) before this run writes to
         # the catalog; a run with nothing to embed never loads it.
+        warm = getattr(self.embedder, "warm_images", None)
+        if warm is not None:  # the model loads on the other core while pictures decode
+            threading.Thread(target=warm, name="model-open", daemon=True).start()
         _ = self.index.store
         if self.opts.gpu_decode:
             from indexer import gpu_decode

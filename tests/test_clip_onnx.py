@@ -439,3 +439,24 @@ def test_a_vit_with_the_full_77_token_context_agrees_with_open_clip(model_dir, t
         padded = ref.model.encode_text(tokens, normalize=True).numpy()
     assert cosines(emb.embed_texts(texts), padded).min() >= 0.9999
     assert Artifact(folder_of(emb), "image").read()["exporter"] == "legacy"  # type: ignore[index]
+
+
+def test_the_image_tower_opens_ahead_of_the_first_batch(tmp_path: Path, monkeypatch):
+    """The pipeline opens the image session in a thread while the first pictures decode;
+    a failure there is left for the first batch to meet (and report) instead."""
+    from search.embedders import clip_onnx
+
+    emb = onnx_embedder(tmp_path / "models")
+    emb.warm_images()
+    onnx = emb._onnx()
+    assert onnx is not None and isinstance(onnx._towers.get("image"), clip_onnx.Tower)
+    assert onnx._prep is not False  # the decoders' preprocessing is read first
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("no session today")
+
+    monkeypatch.setattr(clip_onnx, "session", broken)
+    fresh = onnx_embedder(tmp_path / "models", backend="onnx")
+    fresh.warm_images()  # no exception: logged, left to the batch
+    with pytest.raises(Exception, match="no session today"):
+        fresh.embed_images([picture(1)])
