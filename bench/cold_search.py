@@ -11,8 +11,9 @@ peak, reported by GNU time, so nothing else on the machine counts):
   baseline: EVERLOOK_CLIP_BACKEND=torch, the full path (pydantic settings, SQLAlchemy,
             open_clip in PyTorch), i.e. what every query cost before, same run.
 
-Bars (issue [8]): quick wall <= 0.6 s and peak RSS <= 500 MB (rclip 4.0.8 measured here:
-0.64 s, 439 MB). The first query (not timed) exports the text tower to ONNX.
+Bars (issue [8]): quick wall <= 0.6 s and peak RSS <= 500 MB (rclip 4.0.8 where the issue
+was written: 0.64 s, 439 MB; beside Everlook in one run on this machine, bench/vs_rclip.py:
+0.87 s, 439 MB). The first query (not timed) exports the text tower to ONNX.
 
     python bench/cold_search.py [--runs 5] [--files 64] [--catalog-items 1000000]
 """

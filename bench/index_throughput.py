@@ -221,8 +221,8 @@ def main() -> None:
               f"backend {getattr(emb, 'backend', 'torch')}, {os.cpu_count()} cores")  # fmt: skip
 
         bf16 = _precision(emb) == "bf16"
-        onnx = getattr(emb, "_onnx_state", None) and not emb._images_by_torch()
-        runs = ("OpenVINO" if bf16 else "ONNX Runtime") if onnx else "PyTorch"
+        on_onnx = getattr(emb, "_onnx_state", None) and not emb._images_by_torch()
+        runs = ("OpenVINO" if bf16 else "ONNX Runtime") if on_onnx else "PyTorch"
         print(f"pictures run on: {runs} {_precision(emb)}")
         print("(a) model only ...", flush=True)
         a, best_bs = model_only(emb, args.files)
