@@ -366,10 +366,10 @@ class Pipeline:
             return
         # The index opens (and is reconciled with the catalog) before this run writes to
         # the catalog; a run with nothing to embed never loads it.
-        warm = getattr(self.embedder, "warm_images", None)
-        if warm is not None:  # the model loads on the other core while pictures decode
-            threading.Thread(target=warm, name="model-open", daemon=True).start()
         _ = self.index.store
+        # The model opens on the other core while the rest of the first batch decodes, once
+        # a picture needs it: a run of failures, sounds or known content never loads it.
+        warm = getattr(self.embedder, "warm_images", None)
         if self.opts.gpu_decode:
             from indexer import gpu_decode
 
@@ -396,6 +396,9 @@ class Pipeline:
                     attached.append((res, res.found.path in known))
                 else:
                     batch.append(res)
+                    if warm is not None and res.tensor is not None:
+                        threading.Thread(target=warm, name="model-open", daemon=True).start()
+                        warm = None
                 if len(batch) >= self.opts.batch_size or len(failures) >= 500:
                     flush()
                 if progress:
